@@ -66,6 +66,17 @@ class LayerNormAttrs:
 
 
 @dataclass(frozen=True, slots=True)
+class LRNAttrs:
+    """Local response normalization across channels (axis 1):
+    y = x / (bias + alpha / size · Σ_{c' in window(c)} x_{c'}²) ** beta."""
+
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    bias: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class SoftmaxAttrs:
     """softmax / log-softmax along one (non-negative) axis."""
 
@@ -249,6 +260,7 @@ OP_ATTRS.update({
     Op.GEMM: GemmAttrs,
     Op.BATCHNORM: BatchNormAttrs,
     Op.LAYERNORM: LayerNormAttrs,
+    Op.LRN: LRNAttrs,
     Op.SOFTMAX: SoftmaxAttrs,
     Op.LOG_SOFTMAX: SoftmaxAttrs,
     Op.GELU: GeluAttrs,

@@ -22,6 +22,7 @@ class Op(str, Enum):
     # normalization / softmax
     BATCHNORM = "BatchNormalization"
     LAYERNORM = "LayerNormalization"
+    LRN = "LRN"
     SOFTMAX = "Softmax"
     LOG_SOFTMAX = "LogSoftmax"
     # unary elementwise
@@ -97,7 +98,7 @@ class OpKind:
         Op.CLIP, Op.PRELU,
     })
     LINEAR = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.MATMUL_INTEGER})
-    NORMALIZATION = frozenset({Op.BATCHNORM, Op.LAYERNORM, Op.SOFTMAX, Op.LOG_SOFTMAX})
+    NORMALIZATION = frozenset({Op.BATCHNORM, Op.LAYERNORM, Op.LRN, Op.SOFTMAX, Op.LOG_SOFTMAX})
     REDUCE = frozenset({Op.REDUCE_MEAN, Op.REDUCE_SUM, Op.REDUCE_MAX})
     POOL = frozenset({Op.MAXPOOL, Op.AVGPOOL, Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL})
     MOVEMENT = frozenset({
