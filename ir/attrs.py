@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 from .dtypes import DType
 from .ops import Op
+from .qtype import QType
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,16 @@ class DequantizeAttrs:
     block_size: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FakeQuantAttrs:
+    """y = dequantize(quantize(x, qtype), qtype): float in, float out, values snapped to the
+    format's grid (see ``lowbit.ir.qtype``). ``role`` is "weight" or "activation"; an activation
+    FakeQuant whose qtype has no scale yet is *uncalibrated* (the calibrate pass fills it)."""
+
+    qtype: QType
+    role: str = "activation"
+
+
 #: op -> its attribute class (None: the op takes no attributes)
 OP_ATTRS: dict[Op, type | None] = {op: None for op in Op}
 OP_ATTRS.update({
@@ -287,6 +298,7 @@ OP_ATTRS.update({
     Op.RESIZE: ResizeAttrs,
     Op.QUANTIZE: QuantizeAttrs,
     Op.DEQUANTIZE: DequantizeAttrs,
+    Op.FAKE_QUANT: FakeQuantAttrs,
 })
 
 ATTR_CLASSES: dict[str, type] = {

@@ -76,6 +76,7 @@ class Op(str, Enum):
     # quantization
     QUANTIZE = "QuantizeLinear"
     DEQUANTIZE = "DequantizeLinear"
+    FAKE_QUANT = "FakeQuant"
 
     def __str__(self) -> str:
         return self.value
@@ -107,6 +108,6 @@ class OpKind:
     })
     #: pure views / relabelings of the same elements (no arithmetic, order may change)
     RESHAPING = frozenset({Op.FLATTEN, Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE, Op.IDENTITY})
-    QUANTIZED = frozenset({Op.QUANTIZE, Op.DEQUANTIZE, Op.MATMUL_INTEGER})
+    QUANTIZED = frozenset({Op.QUANTIZE, Op.DEQUANTIZE, Op.MATMUL_INTEGER, Op.FAKE_QUANT})
     #: ops that own weights worth counting as parameters / MACs
     WEIGHTED = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.MATMUL_INTEGER})

@@ -147,7 +147,16 @@ class QType:
 
 
 def _fmt_range(values) -> str:
+    """One value as is; a per-channel tuple as ``[min..max]xN`` (``vxN`` when all equal).
+    Integers (zero points, dyadic m / shift) print exactly."""
     vals = list(values)
+
+    def one(v):
+        return str(int(v)) if isinstance(v, (int, np.integer)) else f"{v:.4g}"
+
     if len(vals) == 1:
-        return f"{vals[0]:.6g}"
-    return f"[{min(vals):.4g}..{max(vals):.4g}]x{len(vals)}"
+        return one(vals[0]) if isinstance(vals[0], (int, np.integer)) else f"{vals[0]:.6g}"
+    lo, hi = min(vals), max(vals)
+    if lo == hi:
+        return f"{one(lo)}x{len(vals)}"
+    return f"[{one(lo)}..{one(hi)}]x{len(vals)}"

@@ -26,6 +26,8 @@ FORMAT_VERSION = 1
 def _enc(obj):
     if isinstance(obj, DType):
         return {"dtype": obj.name}
+    if isinstance(obj, QType):
+        return {"qtype": _qtype_to(obj)}
     if isinstance(obj, tuple):
         return [_enc(x) for x in obj]
     if isinstance(obj, (np.integer,)):
@@ -38,6 +40,8 @@ def _enc(obj):
 def _dec(obj, tuple_ok=True):
     if isinstance(obj, dict) and "dtype" in obj:
         return DType.parse(obj["dtype"])
+    if isinstance(obj, dict) and "qtype" in obj:
+        return _qtype_from(obj["qtype"])
     if isinstance(obj, list) and tuple_ok:
         return tuple(_dec(x) for x in obj)
     return obj
