@@ -1,0 +1,145 @@
+"""The shipped example models (examples/digits_*.onnx) and their data files.
+
+Checks, on the committed files: they are valid ONNX with the documented interface, the data
+files are the documented digits split, onnxruntime reproduces the accuracy stated in
+examples/README.md (and it clears the targets), and lowbit's reference executor matches
+onnxruntime once the importer and the executor exist.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# model name -> (eval npz key holding its input layout, minimum fp32 test accuracy)
+MODELS = {
+    "digits_cnn": ("input", 0.97),
+    "digits_transformer": ("input_tokens", 0.95),
+}
+NUM_TEST = 540  # 30% of sklearn's 1,797 digits
+NUM_CALIB = 256
+NUM_REFERENCE = 64  # eval images compared between lowbit's reference executor and onnxruntime
+
+
+@pytest.fixture(scope="module")
+def eval_data() -> dict[str, np.ndarray]:
+    with np.load(EXAMPLES / "digits_eval.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def _session(name: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(
+        str(EXAMPLES / f"{name}.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _readme_accuracy(name: str) -> str:
+    """The accuracy cell ("99.26%") of ``name``'s row in examples/README.md's results table."""
+    readme = (EXAMPLES / "README.md").read_text()
+    match = re.search(rf"^\| {name} \|[^|]*\|[^|]*\| ([0-9.]+%) \|", readme, flags=re.MULTILINE)
+    assert match is not None, f"no results row for {name} in examples/README.md"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_is_valid_onnx_with_documented_interface(name):
+    model = onnx.load(str(EXAMPLES / f"{name}.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == 10
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert (EXAMPLES / f"{name}.onnx").stat().st_size < 1 << 20
+    (graph_input,) = model.graph.input
+    (graph_output,) = model.graph.output
+    assert (graph_input.name, graph_output.name) == ("input", "logits")
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch", "batch axis must be dynamic"
+    expected = (1, 8, 8) if name == "digits_cnn" else (8, 8)
+    assert tuple(d.dim_value for d in dims[1:]) == expected
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_cnn_keeps_batchnorm_unfused():
+    ops = Counter(n.op_type for n in onnx.load(str(EXAMPLES / "digits_cnn.onnx")).graph.node)
+    assert ops["Conv"] == 3 and ops["BatchNormalization"] == 3
+    assert "Identity" not in ops
+
+
+def test_transformer_is_written_with_matmul_softmax_layernorm():
+    model = onnx.load(str(EXAMPLES / "digits_transformer.onnx"))
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["Softmax"] == 2  # one per encoder layer
+    assert ops["LayerNormalization"] == 5  # 2 per layer + final
+    assert ops["Erf"] == 2  # exact GELU at opset 17
+    assert "Shape" not in ops, "head reshapes must use constant shapes"
+
+
+def test_eval_data_is_the_documented_digits_test_split(eval_data):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)
+    _, x_test, _, y_test = train_test_split(
+        images, digits.target, test_size=0.3, random_state=0, stratify=digits.target
+    )
+    assert set(eval_data) == {"input", "input_tokens", "labels"}
+    assert eval_data["input"].shape == (NUM_TEST, 1, 8, 8)
+    assert eval_data["input"].dtype == np.float32 and eval_data["labels"].dtype == np.int64
+    np.testing.assert_array_equal(eval_data["input_tokens"], x_test)
+    np.testing.assert_array_equal(eval_data["input"][:, 0], x_test)
+    np.testing.assert_array_equal(eval_data["labels"], y_test)
+
+
+def test_calibration_data_is_256_training_images(eval_data):
+    with np.load(EXAMPLES / "digits_calib.npz") as data:
+        calib, tokens = data["input"], data["input_tokens"]
+    assert calib.shape == (NUM_CALIB, 1, 8, 8) and calib.dtype == np.float32
+    np.testing.assert_array_equal(calib[:, 0], tokens)
+    assert 0.0 <= calib.min() and calib.max() <= 1.0
+    # Calibration images come from the training split: none of them is a test image.
+    test_rows = {row.tobytes() for row in eval_data["input_tokens"]}
+    assert not any(row.tobytes() in test_rows for row in tokens)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_onnxruntime_accuracy_matches_readme(name, eval_data):
+    key, minimum = MODELS[name]
+    (logits,) = _session(name).run(["logits"], {"input": eval_data[key]})
+    assert logits.shape == (NUM_TEST, 10)
+    accuracy = float((logits.argmax(axis=1) == eval_data["labels"]).mean())
+    assert f"{100 * accuracy:.2f}%" == _readme_accuracy(name)
+    assert accuracy >= minimum
+
+
+def _lowbit_reference_available() -> bool:
+    """True once lowbit.import_onnx and lowbit.run_reference have implementations to call."""
+    if importlib.util.find_spec("lowbit.runtime.reference") is None:
+        return False
+    return hasattr(importlib.import_module("lowbit.compiler.onnx_import"), "import_onnx")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_lowbit_reference_matches_onnxruntime(name, eval_data):
+    if not _lowbit_reference_available():
+        pytest.skip(
+            "lowbit.compiler.onnx_import.import_onnx / lowbit.runtime.reference not written yet"
+        )
+    import lowbit
+
+    x = eval_data[MODELS[name][0]][:NUM_REFERENCE]
+    (expected,) = _session(name).run(["logits"], {"input": x})
+    graph = lowbit.import_onnx(str(EXAMPLES / f"{name}.onnx"), input_shapes={"input": x.shape})
+    actual = lowbit.run_reference(graph, {"input": x})["logits"]
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
