@@ -1,0 +1,660 @@
+"""Layer-wise reconstruction of quantized weights on calibration data (AdaQuant / AdaRound).
+
+For one conv or linear layer ``f(x; W, b)`` (followed by ``a`` = identity or ReLU) and its
+calibration inputs ``x``, find quantized weights ``W_q`` on a format's grid and a bias ``b'`` that
+minimise the mean squared output error
+
+    L(W_q, b') = mean over samples, positions, channels of (a(f(x; W, b)) - a(f(x; W_q, b')))²
+
+Both layers are treated as a linear map of input *rows* (a conv's im2col patches, a linear
+layer's feature vectors): ``y = W_g r + b`` per group ``g``. Without an activation the loss is
+the exact quadratic form ``Δwᵀ H Δw + 2 Δb μ·Δw + Δb²`` with ``H = E[r rᵀ]``, ``μ = E[r]``
+(accumulated once over all rows, so each step costs ``C_out · K²``); with ReLU it is evaluated on
+random mini-batches of stored rows.
+
+Methods (Nagel et al. 2020 "AdaRound"; Hubara et al. 2021 "AdaQuant"):
+
+* ``adaround`` (default, every kind): keep the (searched) scale and learn, per weight, whether
+  to take the grid value just below or just above it — AdaRound generalised from the uniform
+  grid to any sorted grid (ternary, pow2, codebook levels...): ``W_q = lo + h(V) · (hi - lo)``
+  with the rectified sigmoid ``h(V) = clamp(σ(V)·(ζ - γ) + γ, 0, 1)``, ``ζ = 1.1``, ``γ = -0.1``,
+  ``V`` initialised so that ``h(V) = (W - lo) / (hi - lo)``, and the regulariser
+  ``λ · mean(1 - |2h - 1|^β)`` switched on after 20 % of the steps with ``β`` annealed from 20 to
+  2; the codes take ``hi`` where ``h >= 1/2``. On the uniform grid this is exactly AdaRound's
+  ``s · (clamp(floor(W/s) + h(V) + zp, qmin, qmax) - zp)``.
+* ``adaquant``: optimise a latent float ``W'`` (``W_q = Q(W')`` with the STE fake-quant of
+  :mod:`.fake_quant_torch`), the per-group scales (LSQ gradient, parametrised
+  ``s = s0 · exp(t)``) or codebook levels, and the bias; codes are ``quantize(W', qtype')``.
+  With few steps it gains less than ``adaround`` (Adam moves every latent weight at the same
+  speed, so weights with tiny gradients flip too).
+
+Both start from a scale grid search (per group, the multiplier of the format's scale that
+minimises the input-power-weighted weight error ``sum E[r_k²] (W - Q(W))²``) and the bias
+correction ``b' = b - (W_q - W)·μ``. Without an activation the learned codes' scales (or
+codebook levels) are then refitted in closed form (:func:`_refit_params`). The result is checked
+on all calibration rows: when it is not better than plain rounding (``init_codes`` or
+``quantize(W, qtype)`` with the original bias) the plain rounding is returned, so reconstruction
+never raises the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...ir.attrs import ConvAttrs
+from ...ir.errors import CalibrationError, QuantizationError, ShapeError
+from ...ir.qformats import dequantize, group_index, quantize
+from ...ir.qtype import QKind, QType
+from .fake_quant_torch import fake_quant_learnable, quant_params, with_params
+
+METHODS = ("adaround", "adaquant")
+#: default relative Adam step per method (AdaQuant's STE moves every weight, so it needs less)
+DEFAULT_LR = {"adaround": 1e-2, "adaquant": 1e-3}
+ACTIVATIONS = (None, "relu")
+
+#: scale multipliers tried by the initial grid search (1.0 included: never worse than the fit)
+SCALE_GRID = tuple(float(m) for m in np.round(np.linspace(0.2, 1.3, 45), 4)) + (1.0,)
+#: AdaRound constants: stretch of the rectified sigmoid, regulariser weight and β schedule
+ADAROUND_ZETA, ADAROUND_GAMMA = 1.1, -0.1
+ADAROUND_LAMBDA = 50.0  # the reconstruction term is normalised to 1 at plain rounding
+ADAROUND_BETA = (20.0, 2.0)
+ADAROUND_WARMUP = 0.2
+#: exact evaluations of the running solution during optimisation (the best one is kept)
+CHECKPOINTS = 5
+
+_CHUNK_ELEMENTS = 1 << 22  # rows x columns per im2col chunk
+
+
+@dataclass(frozen=True, eq=False)
+class ReconstructionResult:
+    """Quantized layer and its output MSE on the calibration rows before and after.
+
+    Unpacks as ``codes, qtype, bias = result``. ``bias`` is None when the layer had none.
+    ``method`` is the method that produced the codes, or ``"round"`` when plain rounding was kept.
+    """
+
+    codes: np.ndarray
+    qtype: QType
+    bias: np.ndarray | None
+    loss_before: float
+    loss_after: float
+    method: str
+
+    def __iter__(self):
+        return iter((self.codes, self.qtype, self.bias))
+
+
+def reconstruct_layer(
+    w,
+    bias,
+    x,
+    qtype: QType,
+    *,
+    kind: str = "conv",
+    conv_attrs: ConvAttrs | None = None,
+    act_fn: str | None = None,
+    method: str = "adaround",
+    iters: int = 500,
+    lr: float | None = None,
+    seed: int = 0,
+    init_codes=None,
+    max_samples: int = 512,
+    max_rows: int = 16384,
+    batch_rows: int = 1024,
+) -> ReconstructionResult:
+    """Reconstruct one layer's quantized weights (module docstring) and return the result.
+
+    ``w``: conv ``(C_out, C_in/group, k...)`` (1-D or 2-D conv) or linear ``(C_out, K)``;
+    ``bias``: ``(C_out,)`` or None; ``x``: float calibration inputs ``(N, C_in, spatial...)`` or
+    ``(N, K)``; ``qtype``: the weight's fitted format (its kind, bits, granularity and zero
+    points are kept, its scales / codebook are refined); ``conv_attrs``: strides, ONNX pads
+    ``(begins..., ends...)``, dilations, group (conv only); ``act_fn``: None or ``"relu"``
+    (applied before the loss); ``method``: ``"adaround"`` or ``"adaquant"``; ``lr``: relative
+    Adam step (default :data:`DEFAULT_LR`; AdaRound's ``V`` moves by ``10 · lr``, AdaQuant's
+    weights by ~``lr · mean|W_o|`` and scales by ~``lr`` of themselves, the bias by ``lr`` of the
+    output RMS); ``init_codes``: the codes used without reconstruction (default
+    ``quantize(w, qtype)``; pass ``fit_weights``' codes so the baseline is the same). At most
+    ``max_samples`` samples and, with an activation, ``max_rows`` rows are used. Runs on one
+    torch thread (restored after) and is deterministic for a given ``seed``.
+    """
+    _check_options(qtype, kind, act_fn, method, iters, max_samples, max_rows, batch_rows)
+    w = np.asarray(w, dtype=np.float32)
+    x = _check_calibration(np.asarray(x), w, kind)
+    layer = _Layer.make(w.shape, kind, conv_attrs)
+    b_ref = None if bias is None else _check_bias(bias, w.shape[0])
+    base_codes = _baseline_codes(w, qtype, init_codes)
+
+    rng = np.random.default_rng(seed)
+    if x.shape[0] > max_samples:
+        x = x[np.sort(rng.choice(x.shape[0], max_samples, replace=False))]
+    with _one_torch_thread():
+        generator = torch.Generator().manual_seed(seed)
+        w_ref = torch.from_numpy(w).to(torch.float64)
+        b_ref_t = torch.zeros(w.shape[0], dtype=torch.float64) if b_ref is None else \
+            torch.from_numpy(b_ref).to(torch.float64)
+        if act_fn is None:
+            objective = _QuadraticObjective(layer, x, w_ref, b_ref_t)
+        else:
+            objective = _RowObjective(layer, x, w_ref, b_ref_t, rng, max_rows, batch_rows,
+                                      generator)
+        loss_before = objective.exact(torch.from_numpy(dequantize(base_codes, qtype)), b_ref_t)
+        baseline = ReconstructionResult(base_codes, qtype, b_ref, loss_before, loss_before,
+                                        "round")
+        if iters == 0 or loss_before <= 0.0:
+            return baseline
+        start = _search_scale(w_ref, qtype, objective.importance(w.shape))
+        run = _adaquant if method == "adaquant" else _adaround
+        codes, new_qtype, new_bias, loss_after = run(
+            w_ref, b_ref is not None, start, objective, loss_before, iters,
+            DEFAULT_LR[method] if lr is None else lr)
+        refit = _refit_params(codes, new_qtype, objective, b_ref is not None)
+        if refit is not None and refit[0] < loss_after:
+            loss_after, codes, new_qtype, new_bias = refit
+    if not loss_after < loss_before:
+        return baseline
+    bias_out = None if b_ref is None else new_bias.numpy().astype(np.float32)
+    return ReconstructionResult(codes, new_qtype, bias_out, loss_before, loss_after, method)
+
+
+# -- validation --------------------------------------------------------------------------------
+def _check_options(qtype: QType, kind: str, act_fn, method: str, iters: int, max_samples: int,
+                   max_rows: int, batch_rows: int) -> None:
+    if kind not in ("conv", "linear"):
+        raise QuantizationError(f"reconstruction: layer kind {kind!r} is not 'conv' or 'linear'")
+    if act_fn not in ACTIVATIONS:
+        raise QuantizationError(
+            f"reconstruction: act_fn {act_fn!r} is not supported; use one of {ACTIVATIONS}")
+    if method not in METHODS:
+        raise QuantizationError(f"reconstruction: method {method!r} is not one of {METHODS}")
+    if iters < 0:
+        raise QuantizationError(f"reconstruction: iters must be >= 0, got {iters}")
+    if min(max_samples, max_rows, batch_rows) < 1:
+        raise QuantizationError(
+            f"reconstruction: max_samples, max_rows and batch_rows must be >= 1, got "
+            f"{max_samples}, {max_rows}, {batch_rows}")
+
+
+def _check_calibration(x: np.ndarray, w: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        if w.ndim != 2:
+            raise ShapeError(f"reconstruction: linear weight must be (C_out, K), got {w.shape}")
+        expected = f"(N, {w.shape[1]})"
+        ok = x.ndim == 2 and x.shape[1] == w.shape[1]
+    else:
+        if w.ndim not in (3, 4):
+            raise ShapeError(
+                f"reconstruction: conv weight must be (C_out, C_in/group, k...) of a 1-D or 2-D "
+                f"conv, got {w.shape}")
+        expected = f"(N, C_in, {', '.join('...' for _ in w.shape[2:])})"
+        ok = x.ndim == w.ndim
+    if not ok or x.shape[0] == 0:
+        raise CalibrationError(
+            f"reconstruction: calibration input has shape {x.shape}, expected {expected} with "
+            f"N >= 1 for a {kind} weight {w.shape}")
+    if not np.all(np.isfinite(x)):
+        raise CalibrationError("reconstruction: calibration input contains NaN or inf; "
+                               "recollect the layer's inputs")
+    return x.astype(np.float32, copy=False)
+
+
+def _check_bias(bias, c_out: int) -> np.ndarray:
+    b = np.asarray(bias, dtype=np.float32)
+    if b.shape != (c_out,):
+        raise ShapeError(f"reconstruction: bias has shape {b.shape}, expected ({c_out},)")
+    return b
+
+
+def _baseline_codes(w: np.ndarray, qtype: QType, init_codes) -> np.ndarray:
+    if init_codes is None:
+        return quantize(w, qtype)
+    codes = np.asarray(init_codes)
+    if codes.shape != w.shape or not qtype.can_represent(codes):
+        raise QuantizationError(
+            f"reconstruction: init_codes of shape {codes.shape} are not legal {qtype} codes "
+            f"for a weight of shape {w.shape}")
+    return codes.astype(qtype.storage.numpy)
+
+
+@contextmanager
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- the layer as a linear map of rows ---------------------------------------------------------
+@dataclass(frozen=True)
+class _Layer:
+    """``y[m, g, o] = sum_k rows[m, g, k] · W[g, o, k] + b[g, o]``."""
+
+    kind: str
+    weight_shape: tuple[int, ...]
+    groups: int
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    dilations: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # F.pad order: left, right, top, bottom
+
+    @staticmethod
+    def make(shape: tuple[int, ...], kind: str, attrs: ConvAttrs | None) -> _Layer:
+        if kind == "linear":
+            return _Layer(kind, tuple(shape), 1)
+        if attrs is None:
+            raise QuantizationError("reconstruction: a conv layer needs conv_attrs")
+        spatial = len(shape) - 2
+        if not (len(attrs.strides) == len(attrs.dilations) == spatial
+                and len(attrs.pads) == 2 * spatial):
+            raise ShapeError(f"reconstruction: {attrs} does not match a {spatial}-D conv weight "
+                             f"{tuple(shape)}")
+        if attrs.group < 1 or shape[0] % attrs.group:
+            raise ShapeError(f"reconstruction: {shape[0]} output channels do not split into "
+                             f"group={attrs.group}")
+        if spatial == 1:
+            return _Layer(kind, tuple(shape), attrs.group, (1, shape[2]), (1, attrs.strides[0]),
+                          (1, attrs.dilations[0]), (attrs.pads[0], attrs.pads[1], 0, 0))
+        return _Layer(kind, tuple(shape), attrs.group, tuple(shape[2:]), tuple(attrs.strides),
+                      tuple(attrs.dilations),
+                      (attrs.pads[1], attrs.pads[3], attrs.pads[0], attrs.pads[2]))
+
+    @property
+    def c_out(self) -> int:
+        return self.weight_shape[0]
+
+    @property
+    def k_group(self) -> int:
+        return math.prod(self.weight_shape[1:])
+
+    def check_input(self, x: np.ndarray) -> None:
+        c_in = self.weight_shape[1] * self.groups
+        if x.shape[1] != c_in:
+            raise CalibrationError(
+                f"reconstruction: calibration input has {x.shape[1]} channels, the {self.kind} "
+                f"weight {self.weight_shape} with group={self.groups} needs {c_in}")
+
+    def grouped(self, w: torch.Tensor) -> torch.Tensor:
+        """(C_out, ...) weight -> (G, C_out/G, K_g)."""
+        return w.reshape(self.groups, self.c_out // self.groups, self.k_group)
+
+    def chunk_samples(self, x: np.ndarray) -> int:
+        """Samples per chunk so that a chunk's rows hold about ``_CHUNK_ELEMENTS`` numbers."""
+        positions = 1 if self.kind == "linear" else math.prod(x.shape[2:])
+        return max(1, _CHUNK_ELEMENTS // max(1, positions * self.k_group * self.groups))
+
+    def row_chunks(self, x: np.ndarray):
+        """Yield the rows ``(M_chunk, G, K_g)`` (float32) of consecutive sample chunks."""
+        self.check_input(x)
+        step = self.chunk_samples(x)
+        for start in range(0, x.shape[0], step):
+            part = torch.from_numpy(np.ascontiguousarray(x[start:start + step]))
+            yield self._rows(part)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return x.reshape(x.shape[0], 1, -1)
+        if x.ndim == 3:
+            x = x.unsqueeze(2)
+        x = F.pad(x, self.pads)
+        cols = F.unfold(x, self.kernel, dilation=self.dilations, stride=self.strides)
+        rows = cols.transpose(1, 2).reshape(-1, self.groups, self.k_group)
+        return rows
+
+
+class _QuadraticObjective:
+    """Activation-free output MSE as a quadratic form in ``(ΔW, Δb)`` (module docstring)."""
+
+    def __init__(self, layer: _Layer, x: np.ndarray, w_ref: torch.Tensor, b_ref: torch.Tensor):
+        self.layer = layer
+        g, k = layer.groups, layer.k_group
+        second = torch.zeros(g, k, k, dtype=torch.float64)
+        total = torch.zeros(g, k, dtype=torch.float64)
+        count = 0
+        for rows in layer.row_chunks(x):
+            rows64 = rows.to(torch.float64)
+            second += torch.einsum("mgk,mgl->gkl", rows64, rows64)
+            total += rows64.sum(dim=0)
+            count += rows.shape[0]
+        self.second = second / count
+        self.mean = total / count
+        self.w_ref = layer.grouped(w_ref)
+        self.b_ref = b_ref.reshape(g, -1)
+
+    def importance(self, shape) -> torch.Tensor:
+        return _broadcast_columns(self.layer, torch.diagonal(self.second, dim1=1, dim2=2), shape)
+
+    def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
+        dw = self.layer.grouped(w.to(torch.float64)) - self.w_ref
+        db = b.to(torch.float64).reshape(self.b_ref.shape) - self.b_ref
+        quad = (torch.matmul(dw, self.second) * dw).sum(dim=2)
+        cross = 2.0 * db * torch.einsum("gok,gk->go", dw, self.mean)
+        return (quad + cross + db * db).mean()
+
+    def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        with torch.no_grad():
+            return max(0.0, float(self.loss(w, b, 0)))
+
+
+class _RowObjective:
+    """Output MSE after the activation on stored rows; mini-batches for training."""
+
+    def __init__(self, layer, x, w_ref, b_ref, rng, max_rows, batch_rows, generator):
+        self.layer = layer
+        kept, offset, keep = [], 0, None
+        for rows in layer.row_chunks(x):
+            if keep is None:  # every sample has the same number of rows (output positions)
+                total = rows.shape[0] // min(x.shape[0], layer.chunk_samples(x)) * x.shape[0]
+                keep = torch.from_numpy(np.sort(rng.choice(total, max_rows, replace=False))) \
+                    if total > max_rows else torch.arange(total)
+            inside = keep[(keep >= offset) & (keep < offset + rows.shape[0])]
+            kept.append(rows[inside - offset])
+            offset += rows.shape[0]
+        self.rows = torch.cat(kept).contiguous()
+        self.mean = self.rows.to(torch.float64).mean(dim=0)
+        self.w_ref = layer.grouped(w_ref)
+        self.b_ref = b_ref.reshape(layer.groups, -1)
+        self.batch = min(batch_rows, self.rows.shape[0])
+        self.generator = generator
+        with torch.no_grad():
+            self.target = self._forward(self.rows, self.w_ref.float(), self.b_ref.float())
+
+    @staticmethod
+    def _forward(rows, w, b):
+        return torch.relu(torch.einsum("mgk,gok->mgo", rows, w) + b)
+
+    def importance(self, shape) -> torch.Tensor:
+        power = (self.rows.to(torch.float64) ** 2).mean(dim=0)
+        return _broadcast_columns(self.layer, power, shape)
+
+    def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
+        idx = torch.randint(0, self.rows.shape[0], (self.batch,), generator=self.generator)
+        pred = self._forward(self.rows[idx], self.layer.grouped(w.float()),
+                             b.float().reshape(self.b_ref.shape))
+        return ((pred - self.target[idx]) ** 2).mean()
+
+    def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        with torch.no_grad():
+            wg = self.layer.grouped(w.to(torch.float64))
+            bg = b.to(torch.float64).reshape(self.b_ref.shape)
+            total = 0.0
+            step = max(1, _CHUNK_ELEMENTS // max(1, self.rows.shape[1] * self.rows.shape[2]))
+            for start in range(0, self.rows.shape[0], step):
+                rows = self.rows[start:start + step].to(torch.float64)
+                diff = torch.relu(torch.einsum("mgk,gok->mgo", rows, wg) + bg) \
+                    - self.target[start:start + step].to(torch.float64)
+                total += float((diff * diff).sum())
+            return total / (self.rows.shape[0] * self.layer.c_out)
+
+
+def _broadcast_columns(layer: _Layer, per_column: torch.Tensor, shape) -> torch.Tensor:
+    """(G, K_g) per-column statistic -> weight-shaped tensor (row o reads its group's columns)."""
+    per_out = per_column.repeat_interleave(layer.c_out // layer.groups, dim=0)
+    return per_out.reshape(shape).to(torch.float64)
+
+
+# -- initial scale search ----------------------------------------------------------------------
+def _search_scale(w: torch.Tensor, qtype: QType, importance: torch.Tensor) -> QType:
+    """Per group, the multiplier in :data:`SCALE_GRID` of the format's scale with the least
+    ``sum importance · (W - Q(W))²`` (first one on ties). Codebooks are returned unchanged."""
+    if qtype.kind == QKind.CODEBOOK:
+        return qtype
+    gid_np, n_groups = group_index(tuple(w.shape), qtype.granularity)
+    gid = torch.from_numpy(gid_np).reshape(-1)
+    base = quant_params(qtype, tuple(w.shape))
+    best_err = torch.full((n_groups,), math.inf, dtype=torch.float64)
+    best = base.clone()
+    with torch.no_grad():
+        for multiplier in SCALE_GRID:
+            scale = base * multiplier
+            err = importance * (fake_quant_learnable(w, qtype, scale) - w) ** 2
+            per_group = torch.zeros(n_groups, dtype=torch.float64).index_add_(
+                0, gid, err.reshape(-1))
+            better = per_group < best_err
+            best_err = torch.where(better, per_group, best_err)
+            best = torch.where(better, scale, best)
+    return with_params(qtype, best)
+
+
+# -- optimisers --------------------------------------------------------------------------------
+def _per_channel_radius(w: torch.Tensor) -> torch.Tensor:
+    """mean |W| of each output channel (broadcast to W's shape), the unit of weight updates."""
+    dims = tuple(range(1, w.ndim))
+    radius = w.abs().mean(dim=dims, keepdim=True)
+    return torch.where(radius > 0, radius, torch.ones_like(radius)).expand_as(w)
+
+
+def _start_bias(objective, layer: _Layer, w_q: torch.Tensor, b_ref: torch.Tensor):
+    """Bias correction with the exact row mean: b' = b - (W_q - W)·μ."""
+    dw = layer.grouped(w_q) - objective.w_ref
+    return b_ref - torch.einsum("gok,gk->go", dw, objective.mean).reshape(-1)
+
+
+def _emit(w_latent: torch.Tensor, qtype: QType, params: torch.Tensor):
+    new_qtype = with_params(qtype, params)
+    codes = quantize(w_latent.detach().numpy(), new_qtype)
+    return codes, new_qtype
+
+
+def _adaquant(w_ref, has_bias, start: QType, objective, loss_before, iters, lr):
+    """AdaQuant: Adam on a latent ``W' = W + r ⊙ U`` (``r`` = mean|W| per output channel),
+    ``log s`` (or codebook level shifts) and the bias, cosine-decayed; best checkpoint wins."""
+    layer = objective.layer
+    b_ref = objective.b_ref.reshape(-1)
+    radius = _per_channel_radius(w_ref)
+    latent = torch.zeros_like(w_ref, requires_grad=True)
+    params0 = quant_params(start, tuple(w_ref.shape))
+    if start.kind == QKind.CODEBOOK:
+        spread = _group_spread(w_ref, start)
+        level_shift = torch.zeros_like(params0, requires_grad=True)
+        param_fn = lambda: params0 + spread * level_shift
+        learned = [latent, level_shift]
+    else:
+        log_scale = torch.zeros_like(params0, requires_grad=True)
+        param_fn = lambda: params0 * torch.exp(log_scale)
+        learned = [latent, log_scale]
+    with torch.no_grad():
+        b0 = _start_bias(objective, layer, fake_quant_learnable(w_ref, start, params0), b_ref)
+    bias_scale = math.sqrt(max(objective.exact(torch.zeros_like(w_ref), torch.zeros_like(b_ref)),
+                               1e-30))
+    bias_shift = torch.zeros_like(b0, requires_grad=has_bias)
+    if has_bias:
+        learned.append(bias_shift)
+    bias_fn = (lambda: b0 + bias_scale * bias_shift) if has_bias else (lambda: b_ref)
+
+    def snapshot():
+        with torch.no_grad():
+            w_latent = w_ref + radius * latent
+            codes, qtype = _emit(w_latent, start, param_fn())
+            bias = bias_fn().detach().clone()
+        return objective.exact(torch.from_numpy(dequantize(codes, qtype)), bias), codes, qtype, \
+            bias
+
+    optimizer = torch.optim.Adam(learned, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iters)
+    best = snapshot()
+    every = max(1, iters // CHECKPOINTS)
+    for step in range(iters):
+        optimizer.zero_grad()
+        w_q = fake_quant_learnable(w_ref + radius * latent, start, param_fn())
+        loss = objective.loss(w_q, bias_fn(), step) / loss_before
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % every == 0 or step + 1 == iters:
+            best = min(best, snapshot(), key=lambda entry: entry[0])
+    loss_after, codes, qtype, bias = best
+    return codes, qtype, bias, loss_after
+
+
+def _group_spread(w: torch.Tensor, qtype: QType) -> torch.Tensor:
+    """mean |W| of each codebook group, shape (G, 1): the unit of level updates."""
+    gid_np, n_groups = group_index(tuple(w.shape), qtype.granularity)
+    gid = torch.from_numpy(gid_np).reshape(-1)
+    sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, w.abs().reshape(-1))
+    counts = torch.bincount(gid, minlength=n_groups).to(torch.float64)
+    spread = sums / counts.clamp_min(1)
+    return torch.where(spread > 0, spread, torch.ones_like(spread)).reshape(-1, 1)
+
+
+def _level_table(w: torch.Tensor, qtype: QType) -> torch.Tensor:
+    """Every value of the format per group, sorted ascending: ``(G, L)`` float64, computed as
+    the same float64 products ``level * s`` as :func:`~lowbit.ir.qformats.dequantize`."""
+    params = quant_params(qtype, tuple(w.shape))
+    if qtype.kind == QKind.CODEBOOK:
+        return torch.sort(params, dim=1).values
+    if qtype.kind == QKind.UNIFORM:
+        zero_point = torch.tensor(qtype.zero_point or (0,), dtype=torch.float64)
+        zero_point = zero_point.expand(params.shape[0]) if zero_point.numel() == 1 else zero_point
+        codes = torch.arange(qtype.min, qtype.max + 1, dtype=torch.float64)
+        unit = codes[None, :] - zero_point[:, None]
+    elif qtype.kind == QKind.BINARY:
+        unit = torch.tensor([[-1.0, 1.0]], dtype=torch.float64)
+    elif qtype.kind == QKind.TERNARY:
+        unit = torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64)
+    else:
+        n_exp = 1 << (qtype.bits - 1)
+        magnitudes = 2.0 ** -torch.arange(n_exp - 1, -1, -1, dtype=torch.float64)
+        if not qtype.zero_free:
+            magnitudes = magnitudes[1:]
+            unit = torch.cat([-magnitudes.flip(0), torch.zeros(1, dtype=torch.float64),
+                              magnitudes])[None, :]
+        else:
+            unit = torch.cat([-magnitudes.flip(0), magnitudes])[None, :]
+    table = unit * params[:, None]
+    return torch.sort(table, dim=1).values
+
+
+def _neighbours(w: torch.Tensor, gid: torch.Tensor, table: torch.Tensor):
+    """The grid values just below-or-at and just above each weight (equal at the grid ends)."""
+    flat_w, flat_gid = w.reshape(-1), gid.reshape(-1)
+    above = torch.empty(flat_w.shape, dtype=torch.int64)
+    step = max(1, _CHUNK_ELEMENTS // (16 * table.shape[1]))
+    for start in range(0, flat_w.numel(), step):
+        part = slice(start, start + step)
+        above[part] = (table[flat_gid[part]] <= flat_w[part, None]).sum(dim=1)
+    last = table.shape[1] - 1
+    lower = table[flat_gid, (above - 1).clamp(0, last)]
+    upper = table[flat_gid, above.clamp(0, last)]
+    return lower.reshape(w.shape), upper.reshape(w.shape)
+
+
+def _adaround(w_ref, has_bias, start: QType, objective, loss_before, iters, lr):
+    """AdaRound generalised to any sorted grid: each weight picks its lower or upper grid
+    neighbour, ``W_q = lo + h(V) · (hi - lo)`` while training, ``hi`` where ``h >= 1/2`` after."""
+    layer = objective.layer
+    b_ref = objective.b_ref.reshape(-1)
+    gid = torch.from_numpy(group_index(tuple(w_ref.shape), start.granularity)[0])
+    lower, upper = _neighbours(w_ref, gid, _level_table(w_ref, start))
+    gap = upper - lower
+    rest = torch.where(gap > 0, (w_ref - lower) / torch.where(gap > 0, gap, 1.0), 0.0)
+    zeta, gamma = ADAROUND_ZETA, ADAROUND_GAMMA
+    p = ((rest.clamp(0.0, 1.0) - gamma) / (zeta - gamma)).clamp(1e-6, 1 - 1e-6)
+    logits = torch.log(p / (1 - p)).requires_grad_(True)
+
+    def soft_round():
+        return (torch.sigmoid(logits) * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+    def hard_weights():
+        return torch.where(logits >= 0, upper, lower)
+
+    with torch.no_grad():
+        b0 = _start_bias(objective, layer, hard_weights(), b_ref)
+    bias_scale = math.sqrt(max(objective.exact(torch.zeros_like(w_ref), torch.zeros_like(b_ref)),
+                               1e-30))
+    bias_shift = torch.zeros_like(b0, requires_grad=has_bias)
+    bias_fn = (lambda: b0 + bias_scale * bias_shift) if has_bias else (lambda: b_ref)
+    learned = [{"params": [logits], "lr": lr * 10}]
+    if has_bias:
+        learned.append({"params": [bias_shift], "lr": lr})
+
+    def snapshot():
+        with torch.no_grad():
+            codes = quantize(hard_weights().numpy(), start)
+            bias = bias_fn().detach().clone()
+        w_q = torch.from_numpy(dequantize(codes, start))
+        return objective.exact(w_q, bias), codes, start, bias
+
+    optimizer = torch.optim.Adam(learned)
+    warmup = int(ADAROUND_WARMUP * iters)
+    best = snapshot()
+    every = max(1, iters // CHECKPOINTS)
+    for step in range(iters):
+        optimizer.zero_grad()
+        h = soft_round()
+        loss = objective.loss(lower + h * gap, bias_fn(), step) / loss_before
+        if step >= warmup:
+            progress = (step - warmup) / max(1, iters - warmup)
+            beta = ADAROUND_BETA[1] + (ADAROUND_BETA[0] - ADAROUND_BETA[1]) * (1 - progress)
+            loss = loss + ADAROUND_LAMBDA * (1 - (2 * h - 1).abs() ** beta).mean()
+        loss.backward()
+        optimizer.step()
+        if (step + 1) % every == 0 or step + 1 == iters:
+            best = min(best, snapshot(), key=lambda entry: entry[0])
+    loss_after, codes, qtype, bias = best
+    return codes, qtype, bias, loss_after
+
+
+# -- closed-form parameter refit ---------------------------------------------------------------
+def _refit_params(codes: np.ndarray, qtype: QType, objective, has_bias: bool):
+    """With the codes fixed, ``W_q`` is linear in the format's parameters, so the quadratic
+    loss has a closed-form optimum: per group ``s* = ℓᵀ C w / ℓᵀ C ℓ`` for scaled kinds (``ℓ``
+    the codes' unit levels) and ``L* = (Aᵀ C A)⁻¹ Aᵀ C w`` for codebooks (``A`` the one-hot
+    assignment), with ``C = H - μ μᵀ`` when the bias absorbs the mean shift (it is then set by
+    bias correction) and ``C = H`` otherwise. Only for the activation-free objective and
+    per-tensor or per-output-channel formats; returns ``(loss, codes, qtype, bias)`` or None."""
+    gran = qtype.granularity
+    if not isinstance(objective, _QuadraticObjective) or gran.group_size is not None \
+            or gran.axis not in (None, 0):
+        return None
+    layer = objective.layer
+    moment = objective.second
+    if has_bias:
+        moment = moment - objective.mean[:, :, None] * objective.mean[:, None, :]
+    w = objective.w_ref  # (G, O, K)
+    if qtype.kind == QKind.CODEBOOK:
+        codes, params = _refit_codebook(codes, qtype, layer, moment, w, gran.axis is None)
+    else:
+        unit_qtype = with_params(qtype, torch.ones(len(quant_params(qtype, codes.shape))))
+        unit = layer.grouped(torch.from_numpy(dequantize(codes, unit_qtype)).to(torch.float64))
+        moment_w = torch.matmul(w, moment)  # (G, O, K): (C w_o) per output channel
+        numerator = (moment_w * unit).sum(dim=2).reshape(-1)
+        denominator = (torch.matmul(unit, moment) * unit).sum(dim=2).reshape(-1)
+        if gran.axis is None:
+            numerator, denominator = numerator.sum()[None], denominator.sum()[None]
+        old = quant_params(qtype, codes.shape)
+        params = torch.where((denominator > 0) & (numerator > 0),
+                             numerator / torch.where(denominator > 0, denominator, 1.0), old)
+    new_qtype = with_params(qtype, params)
+    w_q = torch.from_numpy(dequantize(codes, new_qtype)).to(torch.float64)
+    b_ref = objective.b_ref.reshape(-1)
+    bias = _start_bias(objective, layer, w_q, b_ref) if has_bias else b_ref
+    return objective.exact(w_q, bias), codes, new_qtype, bias
+
+
+def _refit_codebook(codes, qtype, layer, moment, w, per_tensor: bool):
+    levels = quant_params(qtype, codes.shape)
+    k = levels.shape[1]
+    onehot = F.one_hot(torch.from_numpy(codes.astype(np.int64)), k).to(torch.float64)
+    onehot = onehot.reshape(layer.groups, layer.c_out // layer.groups, layer.k_group, k)
+    moment_a = torch.einsum("gkl,goln->gokn", moment, onehot)
+    gram = torch.einsum("gokm,gokn->gomn", onehot, moment_a).reshape(-1, k, k)
+    rhs = torch.einsum("gok,gokn->gon", w, moment_a).reshape(-1, k)
+    if per_tensor:
+        gram, rhs = gram.sum(dim=0, keepdim=True), rhs.sum(dim=0, keepdim=True)
+    # A level no weight uses has an empty row: the ridge pins it to its old value.
+    ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).sum(dim=1).clamp_min(1e-30)[:, None, None]
+    eye = torch.eye(k, dtype=torch.float64)
+    solved = torch.linalg.solve(gram + ridge * eye, rhs + ridge[:, :, 0] * levels)
+    # Keep each group's levels sorted (qformats' nearest-level rule needs it): renumber codes.
+    order = torch.argsort(solved, dim=1)
+    rank = torch.argsort(order, dim=1).numpy()
+    gid, _ = group_index(codes.shape, qtype.granularity)
+    new_codes = rank[gid, codes.astype(np.int64)].astype(codes.dtype)
+    return new_codes, torch.gather(solved, 1, order)
