@@ -392,6 +392,16 @@ def _param(values, n_groups: int, qtype: QType, what: str) -> np.ndarray:
     return arr.ravel()
 
 
+def group_params(qtype: QType, shape: tuple[int, ...]) -> np.ndarray:
+    """The per-group parameters of ``qtype`` for a tensor of ``shape`` as float64: the scales
+    ``(G,)``, or for a codebook the levels ``(G, k)`` (a single scale / row is broadcast to every
+    group). Raises QuantizationError when the count does not match the tensor's groups."""
+    _, n_groups = group_index(tuple(shape), qtype.granularity)
+    if qtype.kind == QKind.CODEBOOK:
+        return _codebook_array(qtype, n_groups)
+    return _param(qtype.scale, n_groups, qtype, "scale").astype(np.float64)
+
+
 def _codebook_array(qtype: QType, n_groups: int) -> np.ndarray:
     rows = qtype.codebook
     if len(rows) == 1 and n_groups != 1:

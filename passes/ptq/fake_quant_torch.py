@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 
 from ...ir.errors import QuantizationError
-from ...ir.qformats import group_index
+from ...ir.qformats import group_index, group_params
 from ...ir.qtype import QKind, QType
 
 try:
@@ -43,25 +43,9 @@ _CHUNK = 1 << 18  # elements per chunk in the codebook nearest-level search
 
 def quant_params(qtype: QType, shape: tuple[int, ...]) -> torch.Tensor:
     """The per-group parameters of ``qtype`` for a tensor of ``shape`` as a float64 tensor:
-    the scales ``(G,)``, or for a codebook the levels ``(G, k)`` (a single row is broadcast)."""
-    _, n_groups = group_index(tuple(shape), qtype.granularity)
-    if qtype.kind == QKind.CODEBOOK:
-        rows = qtype.codebook
-        if len(rows) == 1 and n_groups != 1:
-            rows = rows * n_groups
-        if len(rows) != n_groups or len({len(r) for r in rows}) != 1:
-            raise QuantizationError(
-                f"{qtype} has {len(qtype.codebook)} codebooks but a tensor of shape {tuple(shape)}"
-                f" has {n_groups} groups; give one equal-length codebook per group")
-        return torch.tensor(rows, dtype=torch.float64)
-    values = qtype.scale
-    if len(values) == 1 and n_groups != 1:
-        values = values * n_groups
-    if len(values) != n_groups:
-        raise QuantizationError(
-            f"{qtype} has {len(qtype.scale)} scales but a tensor of shape {tuple(shape)} has "
-            f"{n_groups} groups ({qtype.granularity}); refit the format for this tensor")
-    return torch.tensor(values, dtype=torch.float64)
+    the scales ``(G,)``, or for a codebook the levels ``(G, k)`` (see
+    :func:`lowbit.ir.qformats.group_params`)."""
+    return torch.from_numpy(np.array(group_params(qtype, tuple(shape)), dtype=np.float64))
 
 
 def with_params(qtype: QType, params: torch.Tensor) -> QType:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ...ir import Op
+from ...ir.infer import slice_range
 from . import fail, kernel
 
 
@@ -50,20 +51,10 @@ def split(node, inputs):
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
-    """ONNX Slice bounds for one axis as a Python slice: negative start/end count from the back,
-    then step > 0 clamps start, end to [0, dim]; step < 0 clamps start to [0, dim − 1] and end to
-    [−1, dim − 1] (−1 = before the first element)."""
-    if start < 0:
-        start += dim
-    if end < 0:
-        end += dim
-    if step > 0:
-        start = min(max(start, 0), dim)
-        end = min(max(end, 0), dim)
-        return slice(start, end, step)
-    start = min(max(start, 0), dim - 1)
-    end = min(max(end, -1), dim - 1)
-    return slice(start, None if end < 0 else end, step)
+    """ONNX Slice bounds for one axis as a Python slice (clamping rules:
+    :func:`lowbit.ir.infer.slice_range`; a stop of −1 means "before the first element")."""
+    start, stop, step, _ = slice_range(dim, start, end, step)
+    return slice(start, None if stop < 0 else stop, step)
 
 
 @kernel(Op.SLICE)
