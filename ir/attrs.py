@@ -263,6 +263,119 @@ class FakeQuantAttrs:
     role: str = "activation"
 
 
+@dataclass(frozen=True, slots=True)
+class Requant:
+    """Integer requantization of an accumulator onto an output format (shared by the integer
+    ops; formulas in ``lowbit.passes.fold_scales``).
+
+    The integer op first subtracts ``in_zero_point`` from its (activation) input and
+    accumulates ``acc`` exactly. With a non-empty ``multiplier`` (one per channel along
+    ``axis`` of the output, or one per tensor when ``axis`` is None):
+    ``y = clamp(out_zero_point + ((acc·m[c] + 2^(shift[c]−1)) >> shift[c]), lo, hi)``
+    (arithmetic shift, half-up rounding, no rounding term when shift = 0), or for ``binary``
+    outputs ``y = clamp(+1 if acc >= 0 else −1, lo, hi)`` (sign of the real value, sign(0)=+1).
+    An empty ``multiplier`` means *no requant*: the op outputs ``acc`` itself in
+    ``out_dtype`` (int32 / int64); then ``lo``/``hi`` are that dtype's range.
+    ``lo``/``hi`` include any folded ReLU / Clip."""
+
+    in_zero_point: int
+    multiplier: tuple[int, ...]
+    shift: tuple[int, ...]
+    out_zero_point: int
+    out_dtype: DType
+    lo: int
+    hi: int
+    axis: int | None = None
+    binary: bool = False
+
+    @property
+    def accumulates(self) -> bool:
+        """True when the op outputs raw accumulators (no requant)."""
+        return not self.multiplier and not self.binary
+
+    def __str__(self) -> str:
+        head = f"zx={self.in_zero_point}"
+        if self.accumulates:
+            return f"acc({head} -> {self.out_dtype})"
+        if self.binary:
+            return f"sign({head} -> {self.out_dtype} [{self.lo},{self.hi}])"
+        m, s = self.multiplier, self.shift
+        rng = (lambda v: str(v[0]) if len(set(v)) == 1 else f"[{min(v)}..{max(v)}]")
+        per = "" if self.axis is None else f" axis={self.axis} x{len(m)}"
+        return (f"requant({head} m={rng(m)} shift={rng(s)} zy={self.out_zero_point} "
+                f"-> {self.out_dtype} [{self.lo},{self.hi}]{per})")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRescale:
+    """Per-group weight scales of an integer layer: the weight's groups (``qformats`` layout:
+    runs of ``size`` elements along weight axis ``axis``) accumulate separately, and each
+    channel c's group partial sums are rescaled onto the channel's common scale:
+    ``acc[c] = Σ_r ((acc_r[c]·m[r, c] + 2^(shift[r, c]−1)) >> shift[r, c])`` with ``r`` the
+    reduction-group index (C-order over the parameter dims other than the channel axis) and
+    ``multiplier``/``shift`` flattened in (r, c) order."""
+
+    axis: int
+    size: int
+    multiplier: tuple[int, ...]
+    shift: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return (f"groups(axis={self.axis}, g={self.size}, m=[{min(self.multiplier)}.."
+                f"{max(self.multiplier)}]x{len(self.multiplier)})")
+
+
+@dataclass(frozen=True, slots=True)
+class QConvAttrs:
+    """Integer Conv (``transposed``: ConvTranspose, w is (C_in, C_out/group, k...)):
+    ``acc = (conv(x − zx, w) << acc_shift) + bias`` in ``acc_dtype`` (zero padding = real 0),
+    then ``requant`` (see :class:`Requant`). Inputs: x codes, integer weight const, int bias
+    (optional, at scale s_x·s_w[c] / 2^acc_shift: the shift spends spare accumulator bits on
+    bias precision)."""
+
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    group: int
+    requant: Requant
+    acc_dtype: DType
+    transposed: bool = False
+    output_padding: tuple[int, ...] = ()
+    groups: GroupRescale | None = None
+    acc_shift: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QMatMulAttrs:
+    """Integer MatMul with a constant (K, N) weight: ``acc = (((x − zx) @ w) << acc_shift) +
+    bias`` in ``acc_dtype``, then ``requant`` (channel axis = last output axis)."""
+
+    requant: Requant
+    acc_dtype: DType
+    groups: GroupRescale | None = None
+    acc_shift: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QAddAttrs:
+    """Integer residual add onto one output scale, one rounding:
+    ``y = clamp(zy + ((Σ_i (x_i − z_i)·m_i[c] + 2^(S−1)) >> S), lo, hi)`` with ``z_i``,
+    ``m_i`` (per tensor or per channel along ``axis``) from ``a`` / ``b`` and the common shift
+    ``S``, ``zy``, out dtype, ``lo``, ``hi`` taken from ``a`` (``b`` must agree)."""
+
+    a: Requant
+    b: Requant
+
+
+@dataclass(frozen=True, slots=True)
+class RequantizeAttrs:
+    """``y = requant(x − zx)``: integer codes / accumulators onto another format. A binary
+    requant also takes a float input: ``y = clamp(sign(x), lo, hi)`` (sign(0) = +1), the
+    float->binary boundary that QuantizeLinear cannot express."""
+
+    requant: Requant
+
+
 #: op -> its attribute class (None: the op takes no attributes)
 OP_ATTRS: dict[Op, type | None] = {op: None for op in Op}
 OP_ATTRS.update({
@@ -299,11 +412,17 @@ OP_ATTRS.update({
     Op.QUANTIZE: QuantizeAttrs,
     Op.DEQUANTIZE: DequantizeAttrs,
     Op.FAKE_QUANT: FakeQuantAttrs,
+    Op.QCONV: QConvAttrs,
+    Op.QMATMUL: QMatMulAttrs,
+    Op.QADD: QAddAttrs,
+    Op.REQUANTIZE: RequantizeAttrs,
 })
 
 ATTR_CLASSES: dict[str, type] = {
     cls.__name__: cls for cls in OP_ATTRS.values() if cls is not None
 }
+#: frozen dataclasses nested inside attrs (serialized by class name)
+NESTED_ATTR_CLASSES: dict[str, type] = {cls.__name__: cls for cls in (Requant, GroupRescale)}
 
 
 def format_attrs(attrs) -> str:

@@ -620,3 +620,90 @@ def _fake_quant(node: Node):
     if not x.dtype.is_float:
         raise fail(node, f"input %{x.name} is {x.dtype}; FakeQuant takes a float tensor")
     return [(x.dtype, x.shape)]
+
+
+# -- integer ops (fold_scales) --------------------------------------------------------------------
+def _check_requant(node: Node, rq, out_rank: int, channels: int | None) -> None:
+    """A Requant's multiplier count matches its channel axis; lo <= hi within the out dtype."""
+    if not rq.out_dtype.is_integer:
+        raise fail(node, f"requant output dtype {rq.out_dtype} is not an integer type")
+    if len(rq.multiplier) != len(rq.shift):
+        raise fail(node, "requant multiplier and shift have different lengths")
+    if rq.axis is not None:
+        _check_axis(node, rq.axis, out_rank, "requant channel axis")
+        if rq.multiplier and channels is not None and len(rq.multiplier) not in (1, channels):
+            raise fail(node, f"{len(rq.multiplier)} requant multipliers for {channels} channels "
+                             f"on axis {rq.axis}")
+    elif len(rq.multiplier) > 1:
+        raise fail(node, f"{len(rq.multiplier)} requant multipliers but no channel axis")
+    if not (rq.out_dtype.min <= rq.lo <= rq.hi <= rq.out_dtype.max):
+        raise fail(node, f"requant clamp [{rq.lo}, {rq.hi}] is empty or outside "
+                         f"{rq.out_dtype}")
+
+
+def _check_int_input(node: Node, i: int) -> None:
+    v = node.inputs[i]
+    if not v.dtype.is_integer:
+        raise fail(node, f"input {_name(node, i)} is {v.dtype}; {node.op.value} takes integer "
+                         "codes (insert QuantizeLinear)")
+
+
+@rule(Op.QCONV)
+def _qconv(node: Node):
+    """Shape of Conv / ConvTranspose (``transposed``); dtype ``requant.out_dtype``."""
+    _check_int_input(node, 0)
+    _check_int_input(node, 1)
+    shape = (_conv_transpose if node.attrs.transposed else _conv)(node)[0][1]
+    rq = node.attrs.requant
+    _check_requant(node, rq, len(shape), shape[rq.axis] if rq.axis is not None else None)
+    return [(rq.out_dtype, shape)]
+
+
+@rule(Op.QMATMUL)
+def _qmatmul(node: Node):
+    """numpy.matmul shape of (x, w) with a 2-D (K, N) weight; dtype ``requant.out_dtype``."""
+    _check_int_input(node, 0)
+    _check_int_input(node, 1)
+    x, w = node.inputs[:2]
+    if len(w.shape) != 2:
+        raise fail(node, f"weight {_name(node, 1)} has shape {list(w.shape)}; expected (K, N)")
+    shape = matmul_shape(node, x.shape, w.shape)
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    if b is not None and b.shape != (w.shape[1],):
+        raise fail(node, f"bias {_name(node, 2)} has shape {list(b.shape)}; "
+                         f"expected [{w.shape[1]}]")
+    rq = node.attrs.requant
+    _check_requant(node, rq, len(shape), shape[rq.axis] if rq.axis is not None else None)
+    return [(rq.out_dtype, shape)]
+
+
+@rule(Op.QADD)
+def _qadd(node: Node):
+    """Broadcast of both integer inputs; ``a`` and ``b`` share shift, output zero point,
+    dtype and clamp."""
+    _check_int_input(node, 0)
+    _check_int_input(node, 1)
+    a, b = node.attrs.a, node.attrs.b
+    shape = broadcast_shapes(node, node.inputs[0].shape, node.inputs[1].shape)
+    shifts = set(a.shift) | set(b.shift)
+    if len(shifts) > 1 or (a.out_zero_point, a.out_dtype, a.lo, a.hi) != (
+            b.out_zero_point, b.out_dtype, b.lo, b.hi):
+        raise fail(node, "QAdd terms a and b must share shift, output zero point, dtype and "
+                         "clamp")
+    for rq in (a, b):
+        if not rq.multiplier:
+            raise fail(node, "QAdd needs a multiplier for each input")
+        _check_requant(node, rq, len(shape), shape[rq.axis] if rq.axis is not None else None)
+    return [(a.out_dtype, shape)]
+
+
+@rule(Op.REQUANTIZE)
+def _requantize(node: Node):
+    """Same shape as the input; dtype ``requant.out_dtype``. The input is integer, or float
+    for a binary requant (the float->binary boundary, y = sign(x))."""
+    x = node.inputs[0]
+    rq = node.attrs.requant
+    if not (rq.binary and x.dtype.is_float):
+        _check_int_input(node, 0)
+    _check_requant(node, rq, len(x.shape), x.shape[rq.axis] if rq.axis is not None else None)
+    return [(rq.out_dtype, x.shape)]

@@ -77,6 +77,11 @@ class Op(str, Enum):
     QUANTIZE = "QuantizeLinear"
     DEQUANTIZE = "DequantizeLinear"
     FAKE_QUANT = "FakeQuant"
+    # integer ops produced by fold_scales (attrs carry the requant: lowbit.ir.attrs.Requant)
+    QCONV = "QConv"
+    QMATMUL = "QMatMul"
+    QADD = "QAdd"
+    REQUANTIZE = "Requantize"
 
     def __str__(self) -> str:
         return self.value
@@ -108,6 +113,8 @@ class OpKind:
     })
     #: pure views / relabelings of the same elements (no arithmetic, order may change)
     RESHAPING = frozenset({Op.FLATTEN, Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE, Op.IDENTITY})
-    QUANTIZED = frozenset({Op.QUANTIZE, Op.DEQUANTIZE, Op.MATMUL_INTEGER, Op.FAKE_QUANT})
+    QUANTIZED = frozenset({Op.QUANTIZE, Op.DEQUANTIZE, Op.MATMUL_INTEGER, Op.FAKE_QUANT,
+                           Op.QCONV, Op.QMATMUL, Op.QADD, Op.REQUANTIZE})
     #: ops that own weights worth counting as parameters / MACs
-    WEIGHTED = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.MATMUL_INTEGER})
+    WEIGHTED = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL, Op.GEMM, Op.MATMUL_INTEGER,
+                          Op.QCONV, Op.QMATMUL})

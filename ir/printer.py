@@ -69,13 +69,14 @@ def node_macs(node: Node) -> int:
     out = node.outputs[0]
     if out.shape is None:
         return 0
-    if node.op == Op.CONV:
+    transposed = node.op == Op.QCONV and node.attrs.transposed
+    if node.op == Op.CONV or (node.op == Op.QCONV and not transposed):
         w = node.inputs[1]
         return out.numel * int(np.prod(w.shape[1:]))
-    if node.op == Op.CONV_TRANSPOSE:
+    if node.op == Op.CONV_TRANSPOSE or transposed:
         x, w = node.inputs[:2]
         return x.numel * int(np.prod(w.shape[1:]))
-    if node.op in (Op.MATMUL, Op.MATMUL_INTEGER):
+    if node.op in (Op.MATMUL, Op.MATMUL_INTEGER, Op.QMATMUL):
         a = node.inputs[0]
         return out.numel * (a.shape[-1] if a.rank else 1)
     if node.op == Op.GEMM:

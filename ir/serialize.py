@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 
 import numpy as np
 
-from .attrs import ATTR_CLASSES
+from .attrs import ATTR_CLASSES, NESTED_ATTR_CLASSES
 from .core import Graph, Value
 from .dtypes import DType
 from .errors import IRError
@@ -28,6 +28,9 @@ def _enc(obj):
         return {"dtype": obj.name}
     if isinstance(obj, QType):
         return {"qtype": _qtype_to(obj)}
+    if type(obj).__name__ in NESTED_ATTR_CLASSES and is_dataclass(obj):
+        return {"nested": type(obj).__name__,
+                "fields": {f.name: _enc(getattr(obj, f.name)) for f in fields(obj)}}
     if isinstance(obj, tuple):
         return [_enc(x) for x in obj]
     if isinstance(obj, (np.integer,)):
@@ -42,6 +45,11 @@ def _dec(obj, tuple_ok=True):
         return DType.parse(obj["dtype"])
     if isinstance(obj, dict) and "qtype" in obj:
         return _qtype_from(obj["qtype"])
+    if isinstance(obj, dict) and "nested" in obj:
+        cls = NESTED_ATTR_CLASSES.get(obj["nested"])
+        if cls is None:
+            raise IRError(f"unknown nested attribute class {obj['nested']!r} in serialized graph")
+        return cls(**{k: _dec(v) for k, v in obj["fields"].items()})
     if isinstance(obj, list) and tuple_ok:
         return tuple(_dec(x) for x in obj)
     return obj

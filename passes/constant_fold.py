@@ -19,7 +19,9 @@ class ConstantFold(Pass):
     Not folded: nodes producing more than ``max_elements`` elements in total (default 64 Mi,
     so an Expand of a scalar does not blow up the model file), and ops in ``skip_ops``
     (default: DequantizeLinear, so int weights + scale stay visible to the quantizer instead of
-    being expanded back to float). Folding runs in graph order, so chains fold in one run."""
+    being expanded back to float). FakeQuant is never folded, whatever ``skip_ops`` says: a
+    weight FakeQuant on a constant weight must stay for fold_scales to turn into integer
+    weights. Folding runs in graph order, so chains fold in one run."""
 
     name = "constant_fold"
     in_place = True
@@ -27,7 +29,7 @@ class ConstantFold(Pass):
     def __init__(self, max_elements: int = MAX_FOLD_ELEMENTS,
                  skip_ops: frozenset[Op] = frozenset({Op.DEQUANTIZE})):
         self.max_elements = max_elements
-        self.skip_ops = frozenset(skip_ops)
+        self.skip_ops = frozenset(skip_ops) | {Op.FAKE_QUANT}
 
     def foldable(self, graph: Graph, node) -> bool:
         """Pattern + checks: all-constant inputs, small enough output, op not skipped, and no

@@ -7,7 +7,7 @@ read the declared output dtypes from ``node.outputs``; they never mutate their i
 
 Register with ``@kernel(Op.X, ...)``; look up with :func:`get_kernel`. The families live one per
 file (``linear``, ``conv``, ``elementwise``, ``normalization``, ``reduce``, ``pool``,
-``movement``, ``resize``, ``quant``) and are imported at the bottom of this module.
+``movement``, ``resize``, ``quant``, ``quantized``) and are imported at the bottom of this module.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from . import (  # noqa: F401
     normalization,
     pool,
     quant,
+    quantized,
     reduce,
     resize,
 )
