@@ -5,13 +5,18 @@ Public API (issue 2)::
     graph = lowbit.import_onnx("model.onnx", input_shapes={"x": (1, 3, 32, 32)})
     print(graph)                                   # the text dump
     outs = lowbit.run_reference(graph, {"x": x})  # numpy reference executor
+
+Issue 3::
+
+    qgraph = lowbit.quantize("model.onnx", quant="w4a8", calib="calib.npz",
+                             input_shapes={"x": (16, 3, 32, 32)})   # integer graph
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .ir import (DType, Graph, LowbitError, Node, Op, QType, Value)  # noqa: E402
+from .ir import DType, Graph, LowbitError, Node, Op, QType, Value
 
 
 def import_onnx(path, input_shapes=None):
@@ -28,5 +33,37 @@ def run_reference(graph, feeds):
     return _impl(graph, feeds)
 
 
-__all__ = ["__version__", "import_onnx", "run_reference", "Graph", "Node", "Value", "Op", "DType",
-           "QType", "LowbitError"]
+def quantize(model_or_graph, quant="w4a8", calib=None, recipe=None, calibration="minmax",
+             input_shapes=None, *, fold=True, dump_ir=None):
+    """Quantize a model (ONNX path / bytes / ModelProto, or a Graph) with preset ``quant`` (or
+    ``recipe``) calibrated on ``calib``; returns the integer :class:`Graph` (``fold=False``: the
+    calibrated fake-quant graph). See :func:`lowbit.compiler.quantize.quantize`."""
+    from .compiler.quantize import quantize as _impl
+
+    return _impl(model_or_graph, quant, calib, recipe, calibration, input_shapes, fold=fold,
+                 dump_ir=dump_ir)
+
+
+def __getattr__(name):
+    """Lazy exports: ``lowbit.Session`` (imports TVM's runtime only when first used)."""
+    if name == "Session":
+        from .runtime.session import Session
+
+        return Session
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+
+
+__all__ = [
+    "DType",
+    "Graph",
+    "LowbitError",
+    "Node",
+    "Op",
+    "QType",
+    "Session",
+    "Value",
+    "__version__",
+    "import_onnx",
+    "quantize",
+    "run_reference",
+]

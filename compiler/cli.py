@@ -39,7 +39,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     try:
         shape = tuple(int(d) for d in dims.split(","))
     except ValueError:
-        raise _CliError(f"--input-shape {text!r}: dims must be integers, e.g. x=1,3,224,224") from None
+        raise _CliError(
+            f"--input-shape {text!r}: dims must be integers, e.g. x=1,3,224,224") from None
     if any(d <= 0 for d in shape):
         raise _CliError(f"--input-shape {text!r}: dims must be positive")
     return name, shape
@@ -100,7 +101,7 @@ def _inspect_quantized(args, shapes) -> int:
     if args.passes != "default":
         raise _CliError("--quant / --recipe run the default passes first; drop --passes none")
     graph = quantize(args.model, quant=args.quant or "w4a8", calib=args.calib,
-                     recipe=args.recipe, calibration=args.calibration,
+                     recipe=args.recipe, calibration=args.calibration or "minmax",
                      input_shapes=shapes or None, dump_ir=args.dump_ir)
     if args.format == "json":
         text = to_json(graph) + "\n"

@@ -1,5 +1,10 @@
 """lowbit.passes: graph rewrites with declared contracts, a Pipeline and a registry.
 
+The quantization passes (``insert_fake_quant``, ``calibrate``, ``bias_correction``,
+``reconstruct``, ``fold_scales``) take a recipe / calibration data and are sequenced by
+:func:`lowbit.quantize`; they are registered here by name too, but imported lazily (the PTQ ones
+need torch).
+
 Default pipeline, in order::
 
     infer_shapes, constant_fold, canonicalize, fold_batchnorm, constant_fold, dead_code
@@ -29,6 +34,28 @@ PASSES: dict[str, type[Pass]] = {
                 DecomposeBatchNorm)
 }
 
+#: quantization passes: name -> "module:Class" (imported on demand by :func:`get_pass`)
+QUANT_PASSES: dict[str, str] = {
+    "insert_fake_quant": "insert_fake_quant:InsertFakeQuant",
+    "calibrate": "calibrate:Calibrate",
+    "bias_correction": "bias_correction:BiasCorrection",
+    "reconstruct": "reconstruct:Reconstruct",
+    "fold_scales": "fold_scales:FoldScales",
+}
+
+
+def get_pass(name: str) -> type[Pass]:
+    """The pass class registered under ``name`` (cleanup or quantization pass)."""
+    if name in PASSES:
+        return PASSES[name]
+    if name in QUANT_PASSES:
+        import importlib
+
+        module, cls = QUANT_PASSES[name].split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    raise KeyError(f"unknown pass {name!r}; known: {sorted(PASSES) + sorted(QUANT_PASSES)}")
+
+
 DEFAULT_PASSES = ("infer_shapes", "constant_fold", "canonicalize", "fold_batchnorm",
                   "constant_fold", "dead_code")
 
@@ -42,6 +69,7 @@ def default_pipeline(dump_dir: str | Path | None = None, verify: bool = True) ->
 __all__ = [
     "DEFAULT_PASSES",
     "PASSES",
+    "QUANT_PASSES",
     "Canonicalize",
     "ConstantFold",
     "DeadCode",
@@ -53,4 +81,5 @@ __all__ = [
     "PassResult",
     "Pipeline",
     "default_pipeline",
+    "get_pass",
 ]

@@ -210,3 +210,12 @@ def test_default_pipeline_on_clean_graph_reports_no_change():
     g.add_const(np.ones(3, np.float32), "unused")
     assert default_pipeline()(g).changed is True  # the unused constant is dropped
     assert default_pipeline()(g).changed is False
+
+
+def test_quantization_passes_are_registered_by_name():
+    from lowbit.passes import QUANT_PASSES, get_pass
+
+    for name in QUANT_PASSES:
+        assert get_pass(name).name == name
+    with pytest.raises(KeyError, match="unknown pass"):
+        get_pass("fold_everything")

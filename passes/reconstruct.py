@@ -1,0 +1,119 @@
+"""reconstruct: layer-wise reconstruction of quantized weights (AdaQuant-style, sequential).
+
+Rule: for every quantized layer of a calibrated fake-quant graph, in graph order,
+
+1. collect the layer's input activations on the calibration data by running the *partially
+   quantized* model (the fake-quant simulator, with every earlier layer already
+   reconstructed), i.e. exactly what the layer will see after quantization;
+2. call :func:`lowbit.passes.ptq.reconstruct_layer` on the float weight ``W``, the float bias,
+   those inputs and the weight's fitted QType (``kind="conv"`` for Conv, ``"linear"`` for
+   MatMul with ``W`` transposed to ``(N, K)`` and inputs flattened to ``(rows, K)``;
+   ``act_fn="relu"`` when the layer's output feeds only a Relu). It minimises the output MSE
+   ``|a(f(x; W, b)) - a(f(x; W_q, b'))|²`` and never returns a result worse than plain rounding;
+3. write back: the weight FakeQuant gets the refined QType (scales / codebook) and its input
+   becomes the constant ``W' = dequantize(codes, qtype')``, so ``quantize(W', qtype') = codes``
+   (the reconstructed codes; fold_scales reads them from there); the bias constant becomes
+   ``b'``.
+
+Layers skipped (with ``meta["ptq"]`` saying why): ConvTranspose (int8 only) and convs with more
+than 2 spatial dims. ``node.meta["ptq"]`` of the weight FakeQuant records the method and the
+loss before / after. Deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Op
+from ..ir.attrs import FakeQuantAttrs
+from ..ir.qformats import dequantize, group_index
+from ..ir.qtype import Granularity, QType
+from .base import Pass, PassResult
+from .calibrate import as_calibration_set, capture_values
+from .insert_fake_quant import QuantizedLayer, quantized_layers
+from .ptq import reconstruct_layer
+
+
+def transpose_qtype(qtype: QType, shape: tuple[int, ...]) -> QType:
+    """The QType of a 2-D weight of ``shape`` after ``w.T``: axis 0 <-> 1 and the per-group
+    parameters (scale, zero point, codebook) reordered to the transposed group layout."""
+    gran = qtype.granularity
+    if gran.axis is None:
+        return qtype
+    new_gran = Granularity(1 - gran.axis, gran.group_size)
+    old_gid, n_groups = group_index(shape, gran)
+    new_gid, _ = group_index(shape[::-1], new_gran)
+    order = np.empty(n_groups, dtype=np.int64)
+    order[new_gid.ravel()] = old_gid.T.ravel()  # new group j holds old group order[j]
+
+    def pick(values):
+        values = tuple(values)
+        if len(values) != n_groups:
+            return values
+        return tuple(values[i] for i in order)
+
+    return QType(qtype.kind, qtype.bits, qtype.signed, new_gran, scale=pick(qtype.scale),
+                 zero_point=pick(qtype.zero_point), codebook=pick(qtype.codebook),
+                 zero_free=qtype.zero_free, multiplier=qtype.multiplier, shift=qtype.shift,
+                 extra=qtype.extra)
+
+
+class Reconstruct(Pass):
+    """Sequential layer-wise reconstruction of every quantized layer on calibration data
+    (rule in the module docstring). ``iters`` optimisation steps per layer, ``seed``."""
+
+    name = "reconstruct"
+    in_place = True
+
+    def __init__(self, calib, iters: int = 1000, seed: int = 0, method: str = "adaquant"):
+        self.calib = calib
+        self.iters = iters
+        self.seed = seed
+        self.method = method
+
+    def run(self, graph: Graph) -> PassResult:
+        layers = [layer for layer in quantized_layers(graph)
+                  if "ptq" not in layer.weight_fq.meta]
+        if not layers:
+            return PassResult(graph, False)
+        calib = as_calibration_set(graph, self.calib)
+        changed = False
+        for layer in layers:
+            changed |= self._reconstruct(graph, layer, calib)
+        graph.forget_unused_constants()
+        return PassResult(graph, changed)
+
+    def _reconstruct(self, graph: Graph, layer: QuantizedLayer, calib) -> bool:
+        node, fq = layer.node, layer.weight_fq
+        w = np.array(layer.weight.const, dtype=np.float32)  # writable copy for torch
+        qtype = fq.attrs.qtype
+        if node.op == Op.CONV_TRANSPOSE or (node.op == Op.CONV and w.ndim > 4):
+            fq.meta["ptq"] = f"skipped: {node.op.value} with weight {list(w.shape)}"
+            return False
+        x_value = node.inputs[0]
+        x = capture_values(graph, calib, [x_value], f"reconstruct {node.name}")[x_value.name]
+        if node.op == Op.MATMUL:
+            kind, conv_attrs = "linear", None
+            w_in, q_in = np.ascontiguousarray(w.T), transpose_qtype(qtype, w.shape)
+            x = x.reshape(-1, w.shape[0])
+        else:
+            kind, conv_attrs = "conv", node.attrs
+            w_in, q_in = w, qtype
+        result = reconstruct_layer(w_in, layer.bias, x, q_in, kind=kind, conv_attrs=conv_attrs,
+                                   act_fn=layer.act_fn, method=self.method, iters=self.iters,
+                                   seed=self.seed)
+        fq.meta["ptq"] = (f"{result.method} loss {result.loss_before:.4g} -> "
+                          f"{result.loss_after:.4g}")
+        if result.method == "round":
+            return True  # meta changed; weights stay as fitted
+        w_new = dequantize(result.codes, result.qtype)
+        q_new = result.qtype
+        if node.op == Op.MATMUL:
+            w_new, q_new = w_new.T, transpose_qtype(result.qtype, w_in.shape)
+        const = graph.add_const(np.ascontiguousarray(w_new).astype(layer.weight.dtype.numpy),
+                                layer.weight.name)
+        fq.set_input(0, const)
+        fq.attrs = FakeQuantAttrs(q_new, "weight")
+        if result.bias is not None and layer.bias_site is not None:
+            layer.set_bias(graph, result.bias)
+        return True
