@@ -330,12 +330,33 @@ class Graph:
         raise KeyError(name)
 
     def copy(self) -> "Graph":
-        """A deep copy (constant arrays are shared: they are read-only)."""
-        memo = {}
+        """A deep copy, rebuilt node by node (no recursion, so graphs of any depth copy).
+        Constant arrays, attrs and QTypes are shared: they are immutable."""
+        g = Graph(self.name, self.opset)
+        g._counter = self._counter
+        g.meta = {k: _copy.deepcopy(v) for k, v in self.meta.items() if k != "_node_names"}
+        g.meta["_node_names"] = set(self.meta.get("_node_names", ()))
+        vmap: dict[int, Value] = {}
+
+        def clone(v: Value) -> Value:
+            new = Value(v.name, v.dtype, v.shape, const=v.const, qtype=v.qtype)
+            new.meta = _copy.deepcopy(v.meta)
+            vmap[id(v)] = new
+            return g._register(new)
+
+        g.inputs = [clone(v) for v in self.inputs]
         for v in self.values.values():
-            if v.const is not None:
-                memo[id(v.const)] = v.const
-        return _copy.deepcopy(self, memo)
+            if v.is_const:
+                clone(v)
+        for n in self.nodes:
+            outs = [clone(v) for v in n.outputs]
+            ins = [None if v is None else vmap.get(id(v)) or clone(v) for v in n.inputs]
+            node = Node(n.name, n.op, ins, n.attrs, outs)
+            node.graph = g
+            node.meta = _copy.deepcopy(n.meta)
+            g.nodes.append(node)
+        g.outputs = [vmap.get(id(v)) or clone(v) for v in self.outputs]
+        return g
 
     def __iter__(self) -> Iterable[Node]:
         return iter(list(self.nodes))

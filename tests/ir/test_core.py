@@ -86,3 +86,16 @@ def test_value_nbytes_uses_arithmetic_width():
     v = g.add_const(np.zeros((3, 5), np.int8), "q", dtype=DType.int(4))
     assert v.dtype.name == "int4" and v.dtype.numpy == np.int8
     assert v.nbytes == 8  # 15 nibbles -> 8 bytes
+
+
+def test_copy_of_a_deep_graph_does_not_recurse():
+    """A 5,000-node chain copies (a recursive deepcopy would hit the recursion limit)."""
+    g = Graph("deep")
+    v = g.add_input("x", FLOAT32, (1, 4))
+    for _ in range(5000):
+        v = g.make(Op.RELU, v)
+    g.outputs = [v]
+    h = g.copy()
+    assert len(h.nodes) == 5000 and str(h) == str(g)
+    verify(h)
+    assert h.nodes[0].graph is h and h.inputs[0].users[0][0] is h.nodes[0]
