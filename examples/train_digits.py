@@ -5,10 +5,11 @@ Run ``python examples/train_digits.py --out examples/``. It writes
 - ``digits_cnn.onnx``          Conv-BN-ReLU CNN, input ``input`` (N, 1, 8, 8), output ``logits``
 - ``digits_transformer.onnx``  2-layer pre-LN encoder over the 8 image rows as 8 tokens,
                                input ``input`` (N, 8, 8), output ``logits`` (N, 10)
-- ``digits_calib.npz``         256 training images: ``input`` (256, 1, 8, 8) and
-                               ``input_tokens`` (256, 8, 8), float32
-- ``digits_eval.npz``          the whole test split: ``input`` (N, 1, 8, 8), ``input_tokens``
-                               (N, 8, 8) float32 and ``labels`` (N,) int64
+- ``digits_calib.npz``         256 training images for the CNN: ``input`` (256, 1, 8, 8) float32
+- ``digits_eval.npz``          the whole test split for the CNN: ``input`` (N, 1, 8, 8) float32
+                               and ``labels`` (N,) int64
+- ``digits_transformer_calib.npz`` / ``digits_transformer_eval.npz``  the same images in the
+                               transformer's layout: ``input`` (N, 8, 8) (+ ``labels``)
 - ``README.md``                the results table (accuracy measured with onnxruntime on the
                                exported files)
 
@@ -273,14 +274,16 @@ def build_and_measure(
 
 
 def write_data(split: DigitsSplit, out: Path) -> None:
-    """Write the calibration (first 256 training images) and evaluation npz files."""
+    """Write the calibration (first 256 training images) and evaluation npz files, one pair per
+    model: each holds exactly the model's input name (``input``), so it can be passed to
+    ``--calib`` / ``--eval`` as is; the eval files add ``labels``."""
     calib = split.train_images[:NUM_CALIB]
-    np.savez_compressed(out / "digits_calib.npz", input=calib[:, None], input_tokens=calib)
+    test = split.test_images
+    np.savez_compressed(out / "digits_calib.npz", input=calib[:, None])
+    np.savez_compressed(out / "digits_eval.npz", input=test[:, None], labels=split.test_labels)
+    np.savez_compressed(out / "digits_transformer_calib.npz", input=calib)
     np.savez_compressed(
-        out / "digits_eval.npz",
-        input=split.test_images[:, None],
-        input_tokens=split.test_images,
-        labels=split.test_labels,
+        out / "digits_transformer_eval.npz", input=test, labels=split.test_labels
     )
 
 
@@ -325,10 +328,11 @@ column that changes when the script is re-run.
   MatMul/Softmax, LayerNormalization, GELU (Erf form) MLP 32->64->32, residuals), final
   LayerNorm, mean over tokens, Linear(32->10). Input `input` (N, 8, 8) float32, output `logits`
   (N, 10).
-- `digits_calib.npz`: {calib} training images for calibration: `input` (N, 1, 8, 8) and the same
-  images as `input_tokens` (N, 8, 8), float32 in [0, 1].
-- `digits_eval.npz`: the whole test split ({test} images): `input` (N, 1, 8, 8), `input_tokens`
-  (N, 8, 8) float32 in [0, 1], `labels` (N,) int64.
+- `digits_calib.npz` / `digits_eval.npz`: for the CNN, {calib} training images (`input` (N, 1, 8,
+  8)) and the whole test split ({test} images: `input` (N, 1, 8, 8), `labels` (N,) int64), float32
+  in [0, 1]. Each file holds exactly the model's input name, so it works as `--calib` as is.
+- `digits_transformer_calib.npz` / `digits_transformer_eval.npz`: the same images in the
+  transformer's layout, `input` (N, 8, 8) (+ `labels`).
 
 Both models: ONNX opset {opset}, `ir_version` {ir_version}, dynamic batch axis, exported with
 torch's TorchScript exporter (`dynamo=False`) and checked with `onnx.checker`.

@@ -20,20 +20,25 @@ import onnxruntime as ort
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-# model name -> (eval npz key holding its input layout, minimum fp32 test accuracy)
+# model name -> (file prefix of its calib/eval npz pair, minimum fp32 test accuracy)
 MODELS = {
-    "digits_cnn": ("input", 0.97),
-    "digits_transformer": ("input_tokens", 0.95),
+    "digits_cnn": ("digits", 0.97),
+    "digits_transformer": ("digits_transformer", 0.95),
 }
 NUM_TEST = 540  # 30% of sklearn's 1,797 digits
 NUM_CALIB = 256
 NUM_REFERENCE = 64  # eval images compared between lowbit's reference executor and onnxruntime
 
 
-@pytest.fixture(scope="module")
-def eval_data() -> dict[str, np.ndarray]:
-    with np.load(EXAMPLES / "digits_eval.npz") as data:
+def _npz(name: str) -> dict[str, np.ndarray]:
+    with np.load(EXAMPLES / name) as data:
         return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def eval_data() -> dict[str, dict[str, np.ndarray]]:
+    """model name -> its eval npz (``input`` in the model's layout, ``labels``)."""
+    return {name: _npz(f"{prefix}_eval.npz") for name, (prefix, _) in MODELS.items()}
 
 
 def _session(name: str) -> ort.InferenceSession:
@@ -93,31 +98,35 @@ def test_eval_data_is_the_documented_digits_test_split(eval_data):
     _, x_test, _, y_test = train_test_split(
         images, digits.target, test_size=0.3, random_state=0, stratify=digits.target
     )
-    assert set(eval_data) == {"input", "input_tokens", "labels"}
-    assert eval_data["input"].shape == (NUM_TEST, 1, 8, 8)
-    assert eval_data["input"].dtype == np.float32 and eval_data["labels"].dtype == np.int64
-    np.testing.assert_array_equal(eval_data["input_tokens"], x_test)
-    np.testing.assert_array_equal(eval_data["input"][:, 0], x_test)
-    np.testing.assert_array_equal(eval_data["labels"], y_test)
+    cnn, tokens = eval_data["digits_cnn"], eval_data["digits_transformer"]
+    # each file holds exactly the model's input name (+ labels): usable as --eval as is
+    assert set(cnn) == set(tokens) == {"input", "labels"}
+    assert cnn["input"].shape == (NUM_TEST, 1, 8, 8)
+    assert cnn["input"].dtype == np.float32 and cnn["labels"].dtype == np.int64
+    np.testing.assert_array_equal(tokens["input"], x_test)
+    np.testing.assert_array_equal(cnn["input"][:, 0], x_test)
+    np.testing.assert_array_equal(cnn["labels"], y_test)
+    np.testing.assert_array_equal(tokens["labels"], y_test)
 
 
 def test_calibration_data_is_256_training_images(eval_data):
-    with np.load(EXAMPLES / "digits_calib.npz") as data:
-        calib, tokens = data["input"], data["input_tokens"]
+    calib_file, tokens_file = _npz("digits_calib.npz"), _npz("digits_transformer_calib.npz")
+    assert set(calib_file) == set(tokens_file) == {"input"}  # usable as --calib as is
+    calib, tokens = calib_file["input"], tokens_file["input"]
     assert calib.shape == (NUM_CALIB, 1, 8, 8) and calib.dtype == np.float32
     np.testing.assert_array_equal(calib[:, 0], tokens)
     assert 0.0 <= calib.min() and calib.max() <= 1.0
     # Calibration images come from the training split: none of them is a test image.
-    test_rows = {row.tobytes() for row in eval_data["input_tokens"]}
+    test_rows = {row.tobytes() for row in eval_data["digits_transformer"]["input"]}
     assert not any(row.tobytes() in test_rows for row in tokens)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_onnxruntime_accuracy_matches_readme(name, eval_data):
-    key, minimum = MODELS[name]
-    (logits,) = _session(name).run(["logits"], {"input": eval_data[key]})
+    minimum = MODELS[name][1]
+    (logits,) = _session(name).run(["logits"], {"input": eval_data[name]["input"]})
     assert logits.shape == (NUM_TEST, 10)
-    accuracy = float((logits.argmax(axis=1) == eval_data["labels"]).mean())
+    accuracy = float((logits.argmax(axis=1) == eval_data[name]["labels"]).mean())
     assert f"{100 * accuracy:.2f}%" == _readme_accuracy(name)
     assert accuracy >= minimum
 
@@ -137,7 +146,7 @@ def test_lowbit_reference_matches_onnxruntime(name, eval_data):
         )
     import lowbit
 
-    x = eval_data[MODELS[name][0]][:NUM_REFERENCE]
+    x = eval_data[name]["input"][:NUM_REFERENCE]
     (expected,) = _session(name).run(["logits"], {"input": x})
     graph = lowbit.import_onnx(str(EXAMPLES / f"{name}.onnx"), input_shapes={"input": x.shape})
     actual = lowbit.run_reference(graph, {"input": x})["logits"]
