@@ -53,7 +53,8 @@ legal values.
 Presets (:data:`PRESETS`): weights per-channel symmetric (codebook4: ``symmetric = false``, its
 16 levels are fitted freely), activations 8 bits with ``signed = auto`` unless the name says
 otherwise (w1a1: binary weights and binary sign activations, XNOR), first/last layer int8,
-calibration minmax, ``ptq.reconstruct`` on for ternary, pow2, codebook4, w2a8 and w2a2.
+calibration minmax, ``ptq.reconstruct`` on for ternary, pow2, codebook4, w2a8, w1a8 and
+w2a2.
 ``preset("none")`` returns a Recipe that quantizes nothing: its default (int8 specs) is excluded
 and ``first_last_int8`` is off, so a recipe file based on ``preset = "none"`` can switch single
 ops or nodes on with ``exclude = false``.
@@ -448,7 +449,7 @@ def _preset_layers() -> dict[str, tuple[WeightSpec, ActSpec, bool]]:
         "int8": (INT8_WEIGHTS, _A8, False),
         "w4a8": (WeightSpec("uniform", 4), _A8, False),
         "w2a8": (WeightSpec("uniform", 2), _A8, True),
-        "w1a8": (WeightSpec("binary", 1), _A8, False),
+        "w1a8": (WeightSpec("binary", 1), _A8, True),
         "w2a2": (WeightSpec("uniform", 2), ActSpec(2, None, "uniform"), True),
         "w1a1": (WeightSpec("binary", 1), ActSpec(1, True, "binary"), False),
         "ternary": (WeightSpec("ternary", 2), _A8, True),

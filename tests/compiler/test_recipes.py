@@ -38,7 +38,7 @@ EXPECTED_PRESETS = {
     "int8": (WeightSpec("uniform", 8, "per_channel", None, True, False), A8, False),
     "w4a8": (WeightSpec("uniform", 4, "per_channel", None, True, False), A8, False),
     "w2a8": (WeightSpec("uniform", 2, "per_channel", None, True, False), A8, True),
-    "w1a8": (WeightSpec("binary", 1, "per_channel", None, True, False), A8, False),
+    "w1a8": (WeightSpec("binary", 1, "per_channel", None, True, False), A8, True),
     "w2a2": (WeightSpec("uniform", 2, "per_channel", None, True, False),
              ActSpec(2, None, "uniform"), True),
     "w1a1": (WeightSpec("binary", 1, "per_channel", None, True, False),
