@@ -1,0 +1,280 @@
+"""int8 kernels: bit-exact vs the integer simulator's formula on every path, conv, registry.
+
+Reference: acc = (x - z_x) @ w + bias in int64, then ``lowbit.ir.dyadic.requantize``.
+Compiled kernels are cached per (spec, target) by ``int8.build``; shapes are few and small.
+The ``avx2`` and ``generic`` paths are built for targets whose code runs on this host
+(haswell, a featureless x86-64), so all three paths are executed, not only compiled.
+"""
+
+import numpy as np
+import pytest
+from lowbit.codegen import kernels
+from lowbit.codegen.kernels import int8 as k8
+from lowbit.codegen.target import host_x86_target, resolve_target
+from lowbit.ir.dtypes import DType
+from lowbit.ir.dyadic import requantize
+from lowbit.ir.errors import LoweringError
+from lowbit.ir.qtype import QKind, QType
+
+HOST = resolve_target("x86")
+AVX2 = resolve_target("x86-avx2")
+PLAIN = host_x86_target(flags=(), cpu=None)
+OUT = k8.OutputRange(zero_point=3, lo=-20, hi=100)
+U8 = k8.OutputRange(zero_point=0, lo=0, hi=255)
+needs_vnni = pytest.mark.skipif("avx512_vnni" not in HOST.features,
+                                reason="host CPU has no AVX-512 VNNI")
+
+
+def _codes(rng, dtype, shape):
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def _weights(rng, bits, shape):
+    return rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), shape).astype(np.int8)
+
+
+def _requant(acc, mult, shift, out, axis):
+    if out is None:
+        return acc
+    return requantize(acc, mult, shift, out.zero_point, out.lo, out.hi, axis=axis)
+
+
+def _params(rng, n):
+    mult = rng.integers(1 << 20, 1 << 31, n)
+    shift = rng.integers(0, 45, n)
+    shift[0] = 0  # no rounding term
+    return rng.integers(-3000, 3000, n), mult, shift
+
+
+def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
+    x = _codes(rng, spec.a_dtype, (spec.M, spec.K)) if x is None else x
+    w = _weights(rng, spec.w_bits, (spec.K, spec.N)) if w is None else w
+    zx = int(_codes(rng, spec.a_dtype, ())) if zx is None else zx
+    b, mult, shift = _params(rng, spec.N)
+    bias = b if bias is None else bias
+    packed = k8.pack_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult,
+                             shift=shift)
+    got = k8.build(spec, target)(x, packed)
+    acc = (x.astype(np.int64) - zx) @ w.astype(np.int64) + bias
+    assert got.dtype == np.dtype(spec.out_dtype)
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, spec.requant, 1))
+    return got
+
+
+@needs_vnni
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 63, 9), (3, 131, 19), (8, 65, 40),
+                                   (3, 200, 129)])
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+def test_vnni_odd_shapes(M, K, N, a_dtype):
+    """K not a multiple of 4/16/64, N not a multiple of the 16-lane tile, M in {1, 3, 8}."""
+    spec = k8.Int8Spec(M, K, N, 8, a_dtype, OUT)
+    assert k8.kernel_path(HOST, 8) == "vnni"
+    _check(spec, np.random.default_rng(K * N + M))
+
+
+@pytest.mark.parametrize("target,bits,path", [(AVX2, 7, "avx2"), (AVX2, 8, "generic"),
+                                              (PLAIN, 8, "generic"), (HOST, 4, None)])
+def test_every_path_both_modes(target, bits, path):
+    if path is not None:
+        assert k8.kernel_path(target, bits) == path
+    rng = np.random.default_rng(bits)
+    for out in (OUT, None):
+        _check(k8.Int8Spec(3, 70, 35, bits, "uint8", out), rng, target)
+        _check(k8.Int8Spec(1, 37, 16, bits, "int8", out), rng, target)
+
+
+def test_register_block_choices_agree():
+    rng = np.random.default_rng(3)
+    for mb, nb in ((1, 1), (2, 3), (8, 1)):
+        _check(k8.Int8Spec(5, 90, 50, 8, "uint8", OUT, mb, nb), rng)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])
+def test_extreme_values_do_not_overflow(target):
+    """All-max codes (255, z_x = 0) against the most negative weight over K = 60000: every
+    int32 lane sum stays exact (vpmaddubsw pairs at 255 * -64 * 2 = -32640 on AVX2)."""
+    K, bits = 60000, 8 if target is HOST else 7
+    spec = k8.Int8Spec(1, K, 17, bits, "uint8", None)
+    w_min = -(1 << (bits - 1))
+    x = np.full((1, K), 255, np.uint8)
+    w = np.full((K, 17), w_min, np.int8)
+    got = _check(spec, np.random.default_rng(1), target, x=x, w=w, zx=0,
+                 bias=np.zeros(17, np.int64))
+    assert got[0, 0] == 255 * w_min * K
+
+
+def test_raw_sum_wraps_but_acc_stays_exact():
+    """sum_k u*w = 255 * -128 * 65800 < -2^31 wraps in the int32 lanes, but the true acc
+    (255 - 128) * -128 * 65800 fits, and wrapping arithmetic lands exactly on it."""
+    K = 65800
+    spec = k8.Int8Spec(1, K, 3, 8, "uint8", None)
+    x = np.full((1, K), 255, np.uint8)
+    w = np.full((K, 3), -128, np.int8)
+    assert 255 * -128 * K < -(1 << 31)
+    got = _check(spec, np.random.default_rng(2), x=x, w=w, zx=128, bias=np.array([5, -5, 0]))
+    assert got.tolist() == [[127 * -128 * K + 5, 127 * -128 * K - 5, 127 * -128 * K]]
+
+
+# -- conv -----------------------------------------------------------------------------------------
+def _conv_reference(x, w, zx, bias, stride, pads, groups):
+    import torch
+
+    xf = torch.from_numpy(x.astype(np.float64) - zx)
+    pt, pl, pb, pr = pads
+    xf = torch.nn.functional.pad(xf, (pl, pr, pt, pb))  # zero = the zero point's real value
+    acc = torch.nn.functional.conv2d(xf, torch.from_numpy(w.astype(np.float64)),
+                                     stride=stride, groups=groups)
+    return np.rint(acc.numpy()).astype(np.int64) + np.asarray(bias).reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("a_dtype,stride,pads,out", [
+    ("uint8", (1, 1), (1, 1, 1, 1), OUT), ("int8", (2, 2), (0, 1, 2, 0), None),
+    ("uint8", (2, 1), (0, 0, 0, 0), U8)])
+def test_conv_im2col_is_bit_exact(a_dtype, stride, pads, out):
+    rng = np.random.default_rng(sum(pads) + stride[0])
+    spec = k8.ConvSpec(2, 5, 9, 7, 19, 3, 3, stride, pads, 8, a_dtype, out)
+    x = _codes(rng, a_dtype, spec.in_shape)
+    w = _weights(rng, 8, (19, 5, 3, 3))
+    zx = int(_codes(rng, a_dtype, ()))
+    bias, mult, shift = _params(rng, 19)
+    packed = k8.pack_conv_weights(spec, HOST, w, bias=bias, a_zero_point=zx, mult=mult,
+                                  shift=shift)
+    got = k8.build_conv(spec, HOST, zx)(x, packed)
+    acc = _conv_reference(x, w, zx, bias, stride, pads, 1)
+    assert got.shape == spec.out_shape == acc.shape
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, out, 1))
+
+
+@pytest.mark.parametrize("k,stride,pads", [(3, (1, 1), (1, 1, 1, 1)), (3, (2, 2), (1, 0, 1, 1)),
+                                           (5, (1, 1), (2, 2, 2, 2)), (5, (2, 2), (0, 0, 0, 0))])
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+def test_depthwise_is_bit_exact(k, stride, pads, a_dtype):
+    rng = np.random.default_rng(k * 10 + stride[0])
+    spec = k8.DepthwiseSpec(2, 6, 11, 13, k, k, stride, pads, 8, a_dtype, OUT)
+    x = _codes(rng, a_dtype, spec.in_shape)
+    w = _weights(rng, 8, (6, 1, k, k))
+    zx = int(_codes(rng, a_dtype, ()))
+    bias, mult, shift = _params(rng, 6)
+    packed = k8.pack_depthwise_weights(spec, w, bias=bias, a_zero_point=zx, mult=mult,
+                                       shift=shift)
+    got = k8.build_depthwise(spec, HOST, zx)(x, packed)
+    acc = _conv_reference(x, w, zx, bias, stride, pads, 6)
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, OUT, 1))
+
+
+# -- cross targets / instructions -----------------------------------------------------------------
+@needs_vnni
+def test_vnni_path_emits_vpdpbusd():
+    asm = k8.build(k8.Int8Spec(1, 64, 32), HOST).lib.mod.inspect_source("asm")
+    assert "vpdpbusd" in asm
+
+
+def test_avx2_path_emits_vpmaddubsw():
+    asm = k8.build(k8.Int8Spec(1, 64, 32, 7), AVX2).lib.mod.inspect_source("asm")
+    assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "zmm" not in asm
+    # 8-bit weights on AVX2: no saturating vpmaddubsw (generic path, 16-bit vpmaddwd)
+    asm = k8.build(k8.Int8Spec(1, 64, 32, 8), AVX2).lib.mod.inspect_source("asm")
+    assert "vpmaddubsw" not in asm and "vpmaddwd" in asm
+
+
+def test_arm64_object_code():
+    """arm64 takes the generic path: NEON widening multiply-accumulate (no sdot/udot)."""
+    kernel = k8.build(k8.Int8Spec(1, 64, 32, 8, "uint8", OUT), resolve_target("arm64"))
+    assert kernel.path == "generic"
+    asm = kernel.lib.mod.inspect_source("asm")
+    assert "\tsmlal" in asm and "sdot" not in asm
+    spec = k8.DepthwiseSpec(1, 4, 9, 9, 3, 3, (2, 2), (1, 1, 1, 1), requant=OUT)
+    dw_asm = k8.build_depthwise(spec, resolve_target("arm64"), 0).lib.mod.inspect_source("asm")
+    assert "\tsmlal" in dw_asm or "\tmla\t" in dw_asm or "\tmul\t" in dw_asm
+
+
+def test_two_threads_agree_with_one():
+    """Parallel over channel blocks (GEMM) and over row blocks (conv, one channel block)."""
+    rng = np.random.default_rng(9)
+    try:
+        k8.set_num_threads(2)
+        _check(k8.Int8Spec(9, 100, 150, 8, "uint8", OUT), rng)
+        spec = k8.ConvSpec(1, 3, 12, 12, 8, 3, 3, (1, 1), (1, 1, 1, 1), requant=OUT)
+        x, w = _codes(rng, "uint8", spec.in_shape), _weights(rng, 8, (8, 3, 3, 3))
+        packed = k8.pack_conv_weights(spec, HOST, w, a_zero_point=7, mult=1 << 30, shift=40)
+        got = k8.build_conv(spec, HOST, 7)(x, packed)
+        acc = _conv_reference(x, w, 7, np.zeros(8, np.int64), (1, 1), (1, 1, 1, 1), 1)
+        np.testing.assert_array_equal(got, _requant(acc, 1 << 30, 40, OUT, 1))
+    finally:
+        k8.set_num_threads(1)
+
+
+# -- registry ------------------------------------------------------------------------------------
+def _u(bits, signed=False, zp=()):
+    return QType(QKind.UNIFORM, bits, signed, zero_point=zp)
+
+
+def test_registry_discovers_the_family():
+    fam = kernels.get_family("int8")
+    assert fam is k8.FAMILY and fam in kernels.families_for(_u(8, True), _u(8))
+    assert "acc[m, n]" in fam.formula
+
+
+@pytest.mark.parametrize("w,a,ok", [
+    (_u(8, True), _u(8), True), (_u(4, True), _u(8, True, zp=(3,)), True),
+    (_u(2, True), _u(8), True), (_u(8), _u(8), False), (_u(8, True, zp=(1,)), _u(8), False),
+    (_u(1, True), _u(8), False), (_u(8, True), _u(16), False),
+    (_u(8, True), _u(8, zp=(1, 2)), False), (QType(QKind.BINARY, 1), _u(8), False),
+])
+def test_accepts(w, a, ok):
+    assert k8.accepts(w, a) is ok
+
+
+def test_accumulator_rule():
+    assert k8.accumulator_dtype(4096, _u(8, True), _u(8)) == DType.int(32)
+    with pytest.raises(LoweringError, match="overflows int32"):
+        k8.accumulator_dtype(100_000, _u(8, True), _u(8))
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    ({"M": 0, "K": 4, "N": 4}, "must be >= 1"),
+    ({"M": 1, "K": 4, "N": 4, "w_bits": 1}, "bitserial"),
+    ({"M": 1, "K": 4, "N": 4, "a_dtype": "int16"}, "activation dtype"),
+])
+def test_bad_specs(kwargs, match):
+    with pytest.raises(LoweringError, match=match):
+        k8.Int8Spec(**kwargs)
+
+
+def test_bad_conv_specs():
+    with pytest.raises(LoweringError, match="only 3x3 and 5x5"):
+        k8.DepthwiseSpec(1, 4, 8, 8, 7, 7)
+    with pytest.raises(LoweringError, match="only 1 and 2"):
+        k8.DepthwiseSpec(1, 4, 8, 8, stride=(3, 3))
+    with pytest.raises(LoweringError, match="empty output"):
+        k8.ConvSpec(1, 1, 2, 2, 1, 3, 3)
+
+
+def test_pack_weights_errors():
+    spec = k8.Int8Spec(1, 4, 2, 4, "uint8", OUT)
+    ok = np.zeros((4, 2), np.int8)
+    with pytest.raises(LoweringError, match="do not fit int4"):
+        k8.pack_weights(spec, HOST, np.full((4, 2), 8), mult=1, shift=0)
+    with pytest.raises(LoweringError, match=r"must be integer \(4, 2\)"):
+        k8.pack_weights(spec, HOST, np.zeros((2, 4), np.int8), mult=1, shift=0)
+    with pytest.raises(LoweringError, match="needs mult and shift"):
+        k8.pack_weights(spec, HOST, ok)
+    with pytest.raises(LoweringError, match="shift in"):
+        k8.pack_weights(spec, HOST, ok, mult=1, shift=63)
+    with pytest.raises(LoweringError, match="zero point 300"):
+        k8.pack_weights(spec, HOST, ok, a_zero_point=300, mult=1, shift=0)
+    with pytest.raises(LoweringError, match="overflow the int32 accumulator"):
+        k8.pack_weights(spec, HOST, ok, bias=np.full(2, 2**31 - 10), mult=1, shift=0)
+    with pytest.raises(LoweringError, match="GPU"):
+        k8.kernel_path(resolve_target("cuda"), 8)
+
+
+def test_tile_layout():
+    """Channel n = (o*NB + t)*16 + l and k = 4*kb + i sit at [o, kb, t, l, i]; padding 0."""
+    w = np.arange(5 * 40).reshape(5, 40).astype(np.int8)
+    tiled = k8.tile_weights(w, 2)
+    assert tiled.shape == (2, 2, 2, 16, 4)
+    assert tiled[1, 1, 0, 3, 0] == w[4, 35] and tiled[0, 0, 1, 2, 3] == w[3, 18]
+    assert tiled[1, 1, 0, 3, 1] == 0 and tiled[1, 0, 1, 15, 0] == 0
