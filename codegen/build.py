@@ -1,0 +1,57 @@
+"""Build a lowbit graph into a TVM executable: ``build(graph, target="x86", threads=None)``.
+
+Steps: resolve the target (:func:`lowbit.codegen.target.resolve_target`), lower the graph to
+Relax (:func:`lowbit.codegen.lower.lower`), run TVM's default Relax pipeline for the target
+with the ``tvm.s_tir.dlight`` CPU rules (GEMV, reduction) applied right after legalization on
+CPU targets (ops no rule matches stay unscheduled: correctness first), then ``tvm.compile``
+against ``tvm.target.Target(target_dict)``. The result is a ``tvm.runtime.Executable``: run it
+with ``tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](...)`` or save it with
+``ex.export_library(path)`` (weights are Relax constants inside it).
+"""
+
+from __future__ import annotations
+
+from .lower import lower
+from .target import Target, resolve_target
+
+
+def relax_pipeline(target: Target):
+    """TVM's default Relax pipeline for ``target`` plus dlight's CPU rules on llvm targets."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+    from tvm.s_tir import dlight as dl
+
+    tvm_target = target.tvm_target()
+    if target.kind != "llvm":
+        return relax.pipeline.get_default_pipeline(tvm_target)
+
+    @tvm.transform.module_pass(opt_level=0, name="lowbit_cpu_pipeline")
+    def pipeline(mod, _ctx):
+        with tvm_target:
+            seq = tvm.transform.Sequential(
+                cpu_generic.library_dispatch_passes(tvm_target)
+                + cpu_generic.legalize_passes(tvm_target)
+                + [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + cpu_generic.dataflow_lower_passes(tvm_target)
+                + cpu_generic.finalize_passes(tvm_target))
+            return seq(mod)
+
+    return pipeline
+
+
+def build(graph, target: str | Target = "x86", threads: int | None = None):
+    """Compile ``graph`` for ``target``; returns the TVM executable (``export_library``).
+
+    ``threads`` sizes TVM's CPU thread pool for the calling process (``TVM_NUM_THREADS``;
+    1 runs parallel loops inline); None leaves it as it is."""
+    import tvm
+
+    if isinstance(target, str):
+        target = resolve_target(target)
+    if threads is not None:
+        from .kernels.bitserial import set_num_threads
+
+        set_num_threads(threads)
+    mod = lower(graph, target)
+    return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))

@@ -1,0 +1,559 @@
+"""Float ops (and the data-movement ops on any dtype) lowered to ``relax.op.*``.
+
+Each lowering reproduces the reference kernel of the same op (``lowbit.runtime.kernels``);
+shapes are static, so reshape-like ops reshape to the node's declared output shape and the
+pooling / slicing rules are resolved here at compile time (explicit pads, explicit indices)
+rather than trusting TVM's variants of ONNX's corner cases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...ir import Op
+from ...ir.infer import slice_range
+from . import fail, out_dtype, out_shape, register_lowering
+
+
+def _R():
+    from tvm import relax
+
+    return relax.op
+
+
+def _dtype_of(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _scalar(value, dtype: str):
+    from tvm import relax
+
+    return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+
+def _channel(expr, rank: int):
+    """A 1-D per-channel tensor shaped to broadcast along axis 1 of a rank-``rank`` tensor."""
+    n = int(expr.ty.shape[0])
+    return _R().reshape(expr, (1, n) + (1,) * (rank - 2))
+
+
+# -- linear --------------------------------------------------------------------------------
+_CONV = {1: ("conv1d", "NCW", "OIW"), 2: ("conv2d", "NCHW", "OIHW"),
+         3: ("conv3d", "NCDHW", "OIDHW")}
+_CONV_T = {1: ("conv1d_transpose", "NCW", "IOW"), 2: ("conv2d_transpose", "NCHW", "IOHW")}
+
+
+@register_lowering(Op.CONV)
+def conv(ctx, node):
+    """y = conv(x, w) + b (groups and depthwise via ``groups``; ONNX pads order kept)."""
+    R = _R()
+    x, w, b = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
+    a = node.attrs
+    nd = len(a.strides)
+    if nd not in _CONV:
+        raise fail(node, f"{nd}-d convolution has no lowering; only 1-d, 2-d and 3-d")
+    name, layout, klayout = _CONV[nd]
+    y = getattr(R.nn, name)(x, w, strides=a.strides, padding=a.pads, dilation=a.dilations,
+                            groups=a.group, data_layout=layout, kernel_layout=klayout)
+    return y if b is None else R.add(ctx.bb.emit(y), _channel(b, nd + 2))
+
+
+@register_lowering(Op.CONV_TRANSPOSE)
+def conv_transpose(ctx, node):
+    """y = conv_transpose(x, w) + b; w is (C_in, C_out/group, k...)."""
+    R = _R()
+    x, w, b = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
+    a = node.attrs
+    nd = len(a.strides)
+    if nd not in _CONV_T:
+        raise fail(node, f"{nd}-d transposed convolution has no lowering; only 1-d and 2-d")
+    name, layout, klayout = _CONV_T[nd]
+    y = getattr(R.nn, name)(x, w, strides=a.strides, padding=a.pads,
+                            output_padding=a.output_padding or (0,) * nd,
+                            dilation=a.dilations, groups=a.group, data_layout=layout,
+                            kernel_layout=klayout)
+    y = ctx.bb.emit(y)
+    got = tuple(int(d) for d in y.ty.shape)
+    if got != out_shape(node):
+        raise fail(node, f"TVM's output shape {got} differs from the declared "
+                         f"{out_shape(node)}; check output_padding / pads")
+    return y if b is None else R.add(y, _channel(b, nd + 2))
+
+
+@register_lowering(Op.MATMUL)
+def matmul(ctx, node):
+    """y = a @ b (numpy matmul broadcasting)."""
+    return _R().matmul(ctx.input(node, 0), ctx.input(node, 1))
+
+
+@register_lowering(Op.GEMM)
+def gemm(ctx, node):
+    """Y = alpha · op(A) · op(B) + beta · C."""
+    R = _R()
+    a, b, c = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
+    at = node.attrs
+    dt = out_dtype(node)
+    if at.trans_a:
+        a = R.permute_dims(a, (1, 0))
+    if at.trans_b:
+        b = R.permute_dims(b, (1, 0))
+    y = R.matmul(a, b)
+    if at.alpha != 1.0:
+        y = R.multiply(y, _scalar(at.alpha, dt))
+    if c is not None and at.beta != 0.0:
+        c = c if at.beta == 1.0 else R.multiply(c, _scalar(at.beta, dt))
+        y = R.add(y, c)
+    return y
+
+
+# -- normalization --------------------------------------------------------------------------
+@register_lowering(Op.BATCHNORM)
+def batchnorm(ctx, node):
+    """y = (x − mean) · (scale / sqrt(var + eps)) + bias per channel (the reference's order)."""
+    R = _R()
+    x = ctx.input(node, 0)
+    scale, bias, mean, var = (ctx.input(node, i) for i in range(1, 5))
+    rank = len(out_shape(node))
+    dt = _dtype_of(x)
+    inv = R.divide(scale, R.sqrt(R.add(var, _scalar(node.attrs.epsilon, dt))))
+    centered = R.subtract(x, _channel(mean, rank))
+    return R.add(R.multiply(centered, _channel(ctx.bb.emit(inv), rank)), _channel(bias, rank))
+
+
+@register_lowering(Op.LAYERNORM)
+def layernorm(ctx, node):
+    """y = (x − mean) / sqrt(var + eps) · scale (+ bias) over axes [axis, rank)."""
+    R = _R()
+    if len(node.outputs) > 1:
+        raise fail(node, "the Mean / InvStdDev outputs have no lowering; drop them")
+    x, scale, bias = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
+    shape = out_shape(node)
+    axes = list(range(node.attrs.axis, len(shape)))
+    norm_shape = tuple(shape[node.attrs.axis:])
+    scale = R.broadcast_to(scale, norm_shape)
+    if bias is None:
+        bias = ctx.constant(np.zeros(norm_shape, dtype=_dtype_of(x)))
+    else:
+        bias = R.broadcast_to(bias, norm_shape)
+    return R.nn.layer_norm(x, ctx.bb.emit(scale), ctx.bb.emit(bias), axes,
+                           epsilon=node.attrs.epsilon)
+
+
+@register_lowering(Op.LRN)
+def lrn(ctx, node):
+    """y = x / (bias + alpha / size · Σ_{c'} x_{c'}²) ** beta over channels
+    c' in [c − floor((size−1)/2), c + ceil((size−1)/2)] (zero-padded window sum)."""
+    R = _R()
+    x = ctx.input(node, 0)
+    a = node.attrs
+    shape = tuple(int(d) for d in x.ty.shape)
+    dt = _dtype_of(x)
+    before, after = (a.size - 1) // 2, a.size - 1 - (a.size - 1) // 2
+    sq = ctx.bb.emit(R.multiply(x, x))
+    widths = [0, 0, before, after] + [0, 0] * (len(shape) - 2)
+    padded = ctx.bb.emit(R.nn.pad(sq, widths, "constant", 0.0)) if a.size > 1 else sq
+    total = None
+    for j in range(a.size):
+        part = ctx.bb.emit(R.strided_slice(padded, [1], [j], [j + shape[1]]))
+        total = part if total is None else ctx.bb.emit(R.add(total, part))
+    base = R.add(_scalar(a.bias, dt), R.multiply(total, _scalar(a.alpha / a.size, dt)))
+    return R.divide(x, ctx.bb.emit(R.power(ctx.bb.emit(base), _scalar(a.beta, dt))))
+
+
+@register_lowering(Op.FAKE_QUANT)
+def fake_quant(ctx, node):
+    """FakeQuant is the float simulation of a format; codegen takes the integer graph."""
+    raise fail(node, "FakeQuant is a simulation op with no kernel; quantize with fold=True "
+                     "(fold_scales) to get the integer graph")
+
+
+@register_lowering(Op.SOFTMAX)
+def softmax(ctx, node):
+    """y = exp(x − max) / Σ exp(x − max) along ``axis``."""
+    return _R().nn.softmax(ctx.input(node, 0), axis=node.attrs.axis)
+
+
+@register_lowering(Op.LOG_SOFTMAX)
+def log_softmax(ctx, node):
+    """y = x − max − log Σ exp(x − max) along ``axis``."""
+    return _R().nn.log_softmax(ctx.input(node, 0), axis=node.attrs.axis)
+
+
+# -- unary elementwise ----------------------------------------------------------------------
+_UNARY = {Op.RELU: ("nn", "relu"), Op.SIGMOID: ("", "sigmoid"), Op.TANH: ("", "tanh"),
+          Op.ERF: ("", "erf"), Op.EXP: ("", "exp"), Op.LOG: ("", "log"),
+          Op.SQRT: ("", "sqrt"), Op.NEG: ("", "negative"), Op.ABS: ("", "abs")}
+
+
+@register_lowering(*_UNARY)
+def unary(ctx, node):
+    """y = f(x) elementwise (relu, sigmoid, tanh, erf, exp, log, sqrt, neg, abs)."""
+    R = _R()
+    space, name = _UNARY[node.op]
+    return getattr(R.nn if space else R, name)(ctx.input(node, 0))
+
+
+@register_lowering(Op.RECIPROCAL)
+def reciprocal(ctx, node):
+    """y = 1 / x."""
+    x = ctx.input(node, 0)
+    return _R().divide(_scalar(1, _dtype_of(x)), x)
+
+
+@register_lowering(Op.GELU)
+def gelu(ctx, node):
+    """y = x/2 · (1 + erf(x/√2)), or the tanh approximation when approximate = "tanh"."""
+    R = _R()
+    x = ctx.input(node, 0)
+    if node.attrs.approximate == "tanh":
+        return R.nn.gelu_tanh(x)
+    if node.attrs.approximate != "none":
+        raise fail(node, f"unknown approximate={node.attrs.approximate!r}; use none or tanh")
+    return R.nn.gelu(x)
+
+
+@register_lowering(Op.LEAKY_RELU)
+def leaky_relu(ctx, node):
+    """y = x if x >= 0 else alpha · x."""
+    return _R().nn.leakyrelu(ctx.input(node, 0), alpha=node.attrs.alpha)
+
+
+def _hard_sigmoid(ctx, x, alpha: float, beta: float):
+    R = _R()
+    dt = _dtype_of(x)
+    lin = ctx.bb.emit(R.add(R.multiply(x, _scalar(alpha, dt)), _scalar(beta, dt)))
+    return R.minimum(R.maximum(lin, _scalar(0, dt)), _scalar(1, dt))
+
+
+@register_lowering(Op.HARD_SIGMOID)
+def hard_sigmoid(ctx, node):
+    """y = max(0, min(1, alpha · x + beta))."""
+    return _hard_sigmoid(ctx, ctx.input(node, 0), node.attrs.alpha, node.attrs.beta)
+
+
+@register_lowering(Op.HARD_SWISH)
+def hard_swish(ctx, node):
+    """y = x · max(0, min(1, x/6 + 1/2)) (composed)."""
+    x = ctx.input(node, 0)
+    return _R().multiply(x, ctx.bb.emit(_hard_sigmoid(ctx, x, 1.0 / 6.0, 0.5)))
+
+
+@register_lowering(Op.CLIP)
+def clip(ctx, node):
+    """y = min(max(x, min), max); a missing bound is no bound."""
+    R = _R()
+    x = ctx.input(node, 0)
+    dt = _dtype_of(x)
+    y = x
+    if node.attrs.min is not None:
+        y = ctx.bb.emit(R.maximum(y, _scalar(node.attrs.min, dt)))
+    if node.attrs.max is not None:
+        y = R.minimum(y, _scalar(node.attrs.max, dt))
+    return y
+
+
+@register_lowering(Op.CAST)
+def cast(ctx, node):
+    """y = x converted to ``to`` (float -> int truncates toward zero, like C)."""
+    return _R().astype(ctx.input(node, 0), out_dtype(node))
+
+
+@register_lowering(Op.IDENTITY)
+def identity(ctx, node):
+    """y = x."""
+    return ctx.input(node, 0)
+
+
+# -- binary / ternary elementwise --------------------------------------------------------------
+_BINARY = {Op.ADD: "add", Op.SUB: "subtract", Op.MUL: "multiply", Op.EQUAL: "equal"}
+
+
+@register_lowering(*_BINARY)
+def binary(ctx, node):
+    """y = a ∘ b with numpy broadcasting (add, sub, mul, equal)."""
+    return getattr(_R(), _BINARY[node.op])(ctx.input(node, 0), ctx.input(node, 1))
+
+
+@register_lowering(Op.DIV)
+def div(ctx, node):
+    """y = a / b (float only: integer division semantics differ between ONNX and TVM)."""
+    a = ctx.input(node, 0)
+    if not _dtype_of(a).startswith("float"):
+        raise fail(node, f"integer Div ({_dtype_of(a)}) has no lowering; cast to float first")
+    return _R().divide(a, ctx.input(node, 1))
+
+
+@register_lowering(Op.POW)
+def power(ctx, node):
+    """y = a ** b in a's float type."""
+    R = _R()
+    a, b = ctx.input(node, 0), ctx.input(node, 1)
+    dt = _dtype_of(a)
+    if not dt.startswith("float"):
+        raise fail(node, f"integer Pow ({dt}) has no lowering; cast to float first")
+    if _dtype_of(b) != dt:
+        b = R.astype(b, dt)
+    return R.power(a, b)
+
+
+@register_lowering(Op.PRELU)
+def prelu(ctx, node):
+    """y = x if x >= 0 else slope · x (slope broadcasts to x)."""
+    R = _R()
+    x, slope = ctx.input(node, 0), ctx.input(node, 1)
+    neg = ctx.bb.emit(R.less(x, _scalar(0, _dtype_of(x))))
+    return R.where(neg, ctx.bb.emit(R.multiply(x, slope)), x)
+
+
+@register_lowering(Op.WHERE)
+def where(ctx, node):
+    """y = condition ? a : b (broadcasting all three)."""
+    return _R().where(ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2))
+
+
+# -- reductions and pooling -------------------------------------------------------------------
+_REDUCE = {Op.REDUCE_MEAN: "mean", Op.REDUCE_SUM: "sum", Op.REDUCE_MAX: "max"}
+
+
+@register_lowering(*_REDUCE)
+def reduce(ctx, node):
+    """y = mean / sum / max over ``axes`` (None: all), keeping reduced dims when keepdims."""
+    axes = None if node.attrs.axes is None else list(node.attrs.axes)
+    return getattr(_R(), _REDUCE[node.op])(ctx.input(node, 0), axis=axes,
+                                           keepdims=node.attrs.keepdims)
+
+
+@register_lowering(Op.GLOBAL_AVGPOOL, Op.GLOBAL_MAXPOOL)
+def global_pool(ctx, node):
+    """y[n, c, 1...] = mean / max of x[n, c] over every spatial position."""
+    R = _R()
+    x = ctx.input(node, 0)
+    axes = list(range(2, len(out_shape(node))))
+    fn = R.mean if node.op == Op.GLOBAL_AVGPOOL else R.max
+    return fn(x, axis=axes, keepdims=True)
+
+
+_POOL = {1: ("1d", "NCW"), 2: ("2d", "NCHW"), 3: ("3d", "NCDHW")}
+
+
+def _pool_geometry(node, in_spatial):
+    """(pad widths over every axis, output spatial shape): explicit pads plus the ceil-mode
+    overhang the last window needs (the reference's ``_padded``)."""
+    from ...runtime.kernels.pool import pool_output_shape
+
+    a = node.attrs
+    nd = len(in_spatial)
+    out = pool_output_shape(in_spatial, a)
+    width = [0, 0, 0, 0]
+    begins, ends = [0, 0], [0, 0]
+    for i in range(nd):
+        span = (a.kernel_shape[i] - 1) * a.dilations[i] + 1
+        need = (out[i] - 1) * a.strides[i] + span
+        begins.append(a.pads[i])
+        ends.append(max(a.pads[nd + i], need - in_spatial[i] - a.pads[i]))
+    del width
+    return begins, ends, out
+
+
+def _pad_expr(ctx, x, begins, ends, value):
+    if not any(begins) and not any(ends):
+        return x
+    widths = [w for pair in zip(begins, ends) for w in pair]
+    return ctx.bb.emit(_R().nn.pad(x, widths, "constant", value))
+
+
+@register_lowering(Op.MAXPOOL)
+def maxpool(ctx, node):
+    """y = max over each (dilated) window; padding (−inf / the dtype minimum) never wins."""
+    R = _R()
+    if len(node.outputs) > 1:
+        raise fail(node, "the Indices output has no lowering; drop it")
+    x = ctx.input(node, 0)
+    shape = tuple(int(d) for d in x.ty.shape)
+    nd = len(shape) - 2
+    if nd not in _POOL:
+        raise fail(node, f"{nd}-d pooling has no lowering; only 1-d, 2-d and 3-d")
+    dt = _dtype_of(x)
+    low = -math.inf if dt.startswith("float") else int(np.iinfo(dt).min)
+    begins, ends, _ = _pool_geometry(node, shape[2:])
+    xp = _pad_expr(ctx, x, begins, ends, low)
+    suffix, layout = _POOL[nd]
+    a = node.attrs
+    return getattr(R.nn, f"max_pool{suffix}")(xp, a.kernel_shape, a.strides, (0,) * (2 * nd),
+                                              a.dilations, False, False, layout)
+
+
+@register_lowering(Op.AVGPOOL)
+def avgpool(ctx, node):
+    """y = Σ window / count: count = window elements inside the input, or inside input + the
+    explicit pads when ``count_include_pad``, never the ceil-mode overhang (compile-time
+    counts; a window sum is the zero-padded average times the window size)."""
+    R = _R()
+    x = ctx.input(node, 0)
+    shape = tuple(int(d) for d in x.ty.shape)
+    nd = len(shape) - 2
+    if nd not in _POOL:
+        raise fail(node, f"{nd}-d pooling has no lowering; only 1-d, 2-d and 3-d")
+    a = node.attrs
+    begins, ends, out = _pool_geometry(node, shape[2:])
+    xp = _pad_expr(ctx, x, begins, ends, 0.0)
+    suffix, layout = _POOL[nd]
+    mean = ctx.bb.emit(getattr(R.nn, f"avg_pool{suffix}")(
+        xp, a.kernel_shape, a.strides, (0,) * (2 * nd), a.dilations, False, True, layout))
+    # counts: the same windows over a 0/1 mask of the positions that count
+    padded = [shape[2 + i] + begins[2 + i] + ends[2 + i] for i in range(nd)]
+    mask = np.zeros(padded, dtype=np.float64)
+    if a.count_include_pad:
+        region = tuple(slice(0, shape[2 + i] + a.pads[i] + a.pads[nd + i]) for i in range(nd))
+    else:
+        region = tuple(slice(a.pads[i], a.pads[i] + shape[2 + i]) for i in range(nd))
+    mask[region] = 1.0
+    count = np.zeros(out, dtype=np.float64)
+    for taps in np.ndindex(*a.kernel_shape):
+        index = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                      for t, d, o, s in zip(taps, a.dilations, out, a.strides))
+        count += mask[index]
+    window = float(np.prod(a.kernel_shape))
+    if np.all(count == window):
+        return mean
+    factor = (window / count).astype(_dtype_of(x)).reshape((1, 1) + tuple(out))
+    return R.multiply(mean, ctx.constant(factor))
+
+
+# -- data movement --------------------------------------------------------------------------
+@register_lowering(Op.FLATTEN, Op.RESHAPE, Op.SQUEEZE, Op.UNSQUEEZE)
+def reshape(ctx, node):
+    """y = x reshaped to the node's (static) output shape."""
+    return _R().reshape(ctx.input(node, 0), out_shape(node))
+
+
+@register_lowering(Op.TRANSPOSE)
+def transpose(ctx, node):
+    """Output axis i is input axis perm[i]."""
+    return _R().permute_dims(ctx.input(node, 0), list(node.attrs.perm))
+
+
+@register_lowering(Op.CONCAT)
+def concat(ctx, node):
+    """y = concatenate(inputs, axis)."""
+    from tvm import relax
+
+    parts = [ctx.input(node, i) for i in range(len(node.inputs))]
+    return _R().concat(relax.Tuple(parts), axis=node.attrs.axis)
+
+
+@register_lowering(Op.SPLIT)
+def split(ctx, node):
+    """Pieces of ``sizes`` along ``axis`` (a tuple, one element per output)."""
+    cuts = np.cumsum(node.attrs.sizes)[:-1].tolist()
+    if not cuts:
+        return (ctx.input(node, 0),)
+    return _R().split(ctx.input(node, 0), [int(c) for c in cuts], axis=node.attrs.axis)
+
+
+@register_lowering(Op.SLICE)
+def slice_(ctx, node):
+    """y = x[starts:ends:steps] per sliced axis, ONNX clamping (resolved at compile time into
+    explicit in-range bounds; a negative step becomes ``take`` of explicit indices)."""
+    R = _R()
+    x = ctx.input(node, 0)
+    shape = tuple(int(d) for d in x.ty.shape)
+    a = node.attrs
+    y = x
+    for start, end, axis, step in zip(a.starts, a.ends, a.axes, a.steps):
+        lo, stop, stp, _ = slice_range(shape[axis], int(start), int(end), int(step))
+        idx = np.arange(lo, stop, stp, dtype=np.int64)
+        if stp > 0 and idx.size:
+            y = ctx.bb.emit(R.strided_slice(y, [axis], [int(lo)], [int(idx[-1]) + 1], [stp]))
+        else:
+            y = ctx.bb.emit(R.take(y, ctx.constant(idx), axis=axis))
+    return y
+
+
+@register_lowering(Op.GATHER)
+def gather(ctx, node):
+    """y = take(data, indices, axis), negative indices counted from the back."""
+    R = _R()
+    data = ctx.input(node, 0)
+    axis = node.attrs.axis
+    dim = int(data.ty.shape[axis])
+    const = ctx.const_array(node, 1)
+    if const is not None:
+        idx = const.astype(np.int64)
+        if np.any((idx < -dim) | (idx >= dim)):
+            raise fail(node, f"constant indices out of range [-{dim}, {dim - 1}]")
+        return R.take(data, ctx.constant(np.where(idx < 0, idx + dim, idx)), axis=axis)
+    idx = ctx.input(node, 1)
+    dt = _dtype_of(idx)
+    wrapped = R.where(ctx.bb.emit(R.less(idx, _scalar(0, dt))),
+                      ctx.bb.emit(R.add(idx, _scalar(dim, dt))), idx)
+    return R.take(data, ctx.bb.emit(wrapped), axis=axis)
+
+
+@register_lowering(Op.EXPAND)
+def expand(ctx, node):
+    """y = x broadcast (numpy rules) to the output shape."""
+    return _R().broadcast_to(ctx.input(node, 0), out_shape(node))
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge"}
+
+
+@register_lowering(Op.PAD)
+def pad(ctx, node):
+    """Pad every axis by (begin, end) with constant ``value`` | reflect | edge; negative pads
+    crop first."""
+    R = _R()
+    x = ctx.input(node, 0)
+    a = node.attrs
+    if a.mode not in _PAD_MODES:
+        raise fail(node, f"pad mode {a.mode!r} has no lowering; use constant, reflect or edge")
+    shape = tuple(int(d) for d in x.ty.shape)
+    rank = len(shape)
+    begins, ends = a.pads[:rank], a.pads[rank:]
+    for i, (b, e) in enumerate(zip(begins, ends)):
+        if b < 0 or e < 0:
+            x = ctx.bb.emit(R.strided_slice(x, [i], [max(-b, 0)], [shape[i] - max(-e, 0)]))
+    widths = [max(int(v), 0) for pair in zip(begins, ends) for v in pair]
+    if not any(widths):
+        return x
+    value = float(a.value) if a.mode == "constant" else 0.0
+    return R.nn.pad(x, widths, _PAD_MODES[a.mode], value)
+
+
+_RESIZE_METHOD = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}
+_ROUNDING = {"round_prefer_floor": "round_prefer_floor", "round_prefer_ceil": "round_prefer_ceil",
+             "floor": "floor", "ceil": "ceil"}
+
+
+@register_lowering(Op.RESIZE)
+def resize(ctx, node):
+    """ONNX Resize of the two spatial axes of an NCHW tensor (``relax.op.image.resize2d``)."""
+    x = ctx.input(node, 0)
+    a = node.attrs
+    shape = tuple(int(d) for d in x.ty.shape)
+    if len(shape) != 4 or tuple(a.sizes[:2]) != shape[:2]:
+        raise fail(node, f"only 4-d NCHW resizes of H and W lower; got {shape} -> {a.sizes}")
+    if a.mode not in _RESIZE_METHOD or a.nearest_mode not in _ROUNDING:
+        raise fail(node, f"resize mode {a.mode!r} / nearest_mode {a.nearest_mode!r} has no "
+                         "lowering")
+    ctm = a.coordinate_transformation_mode
+    if ctm not in ("align_corners", "tf_crop_and_resize"):
+        for i in (2, 3):
+            if a.scales and abs(a.scales[i] - a.sizes[i] / shape[i]) > 1e-6 * a.scales[i]:
+                raise fail(node, f"scale {a.scales[i]} on axis {i} is not output/input size; "
+                                 "TVM's resize derives scales from sizes")
+    roi = None
+    if ctm == "tf_crop_and_resize":
+        if a.roi is None:
+            raise fail(node, "tf_crop_and_resize needs roi")
+        rank = len(shape)
+        roi = (a.roi[2], a.roi[3], a.roi[rank + 2], a.roi[rank + 3])
+    rounding = _ROUNDING[a.nearest_mode] if a.mode == "nearest" else ""
+    return _R().image.resize2d(
+        x, (int(a.sizes[2]), int(a.sizes[3])), roi=roi, layout="NCHW",
+        method=_RESIZE_METHOD[a.mode], coordinate_transformation_mode=ctm,
+        rounding_method=rounding, cubic_alpha=a.cubic_coeff_a,
+        cubic_exclude=int(a.exclude_outside), extrapolation_value=a.extrapolation_value)
