@@ -14,7 +14,7 @@ use-lists stay exact and passes can rewrite without searching.
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ Shape = tuple[int, ...]
 class Value:
     """A tensor in the graph (graph input, constant, or node output)."""
 
-    __slots__ = ("name", "dtype", "shape", "const", "qtype", "producer", "index", "_users", "meta")
+    __slots__ = ("_users", "const", "dtype", "index", "meta", "name", "producer", "qtype", "shape")
 
     def __init__(
         self,
@@ -56,7 +56,7 @@ class Value:
         return self.const is not None
 
     @property
-    def users(self) -> tuple[tuple["Node", int], ...]:
+    def users(self) -> tuple[tuple[Node, int], ...]:
         """``(node, input_index)`` for every use as a node input."""
         return tuple(self._users)
 
@@ -85,7 +85,7 @@ class Value:
 class Node:
     """One operation: ``outputs = op(inputs; attrs)``."""
 
-    __slots__ = ("name", "op", "attrs", "_inputs", "outputs", "graph", "meta")
+    __slots__ = ("_inputs", "attrs", "graph", "meta", "name", "op", "outputs")
 
     def __init__(self, name: str, op: Op, inputs: Sequence[Value | None], attrs, outputs):
         self.name = name
@@ -329,7 +329,7 @@ class Graph:
                 return node
         raise KeyError(name)
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """A deep copy, rebuilt node by node (no recursion, so graphs of any depth copy).
         Constant arrays, attrs and QTypes are shared: they are immutable."""
         g = Graph(self.name, self.opset)
@@ -358,7 +358,7 @@ class Graph:
         g.outputs = [vmap.get(id(v)) or clone(v) for v in self.outputs]
         return g
 
-    def __iter__(self) -> Iterable[Node]:
+    def __iter__(self) -> Iterator[Node]:
         return iter(list(self.nodes))
 
     def __len__(self) -> int:

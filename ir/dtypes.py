@@ -25,7 +25,7 @@ class DType:
     kind: str
     bits: int
 
-    _NAMED: ClassVar[dict[str, "DType"]] = {}
+    _NAMED: ClassVar[dict[str, DType]] = {}
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -39,17 +39,17 @@ class DType:
 
     # -- constructors -------------------------------------------------------------------------
     @staticmethod
-    def int(bits: int) -> "DType":
+    def int(bits: int) -> DType:
         """Signed ``bits``-bit integer (two's complement range)."""
         return DType("int", bits)
 
     @staticmethod
-    def uint(bits: int) -> "DType":
+    def uint(bits: int) -> DType:
         """Unsigned ``bits``-bit integer."""
         return DType("uint", bits)
 
     @staticmethod
-    def parse(name: str) -> "DType":
+    def parse(name: str) -> DType:
         """``"float32"`` / ``"int4"`` / ``"uint1"`` / ``"bool"`` -> DType."""
         if name == "bool":
             return BOOL
@@ -59,7 +59,7 @@ class DType:
         raise IRError(f"unknown dtype name {name!r}; expected e.g. float32, int8, int4, uint2, bool")
 
     @staticmethod
-    def from_numpy(dt) -> "DType":
+    def from_numpy(dt) -> DType:
         """numpy dtype -> DType (only the standard widths)."""
         dt = np.dtype(dt)
         if dt == np.bool_:

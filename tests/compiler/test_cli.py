@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from lowbit.compiler.cli import main
 from lowbit.ir import from_json
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _conv_bn_model(path, batch="N"):

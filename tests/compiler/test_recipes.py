@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from lowbit.ir import FLOAT32, Graph, IRError, Op, verify
 from lowbit.ir import attrs as A
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from lowbit.ir import DType, Granularity, IRError, QKind, QType
 
 

@@ -1,9 +1,18 @@
 """Text dump (stable, one line per node, summary) and JSON round trip."""
 
 import numpy as np
-
-from lowbit.ir import (FLOAT32, INT8, Granularity, Graph, Op, QKind, QType, from_json, to_json,
-                       verify)
+from lowbit.ir import (
+    FLOAT32,
+    INT8,
+    Granularity,
+    Graph,
+    Op,
+    QKind,
+    QType,
+    from_json,
+    to_json,
+    verify,
+)
 from lowbit.ir import attrs as A
 
 
