@@ -6,6 +6,12 @@ Public API (issue 2)::
     print(graph)                                   # the text dump
     outs = lowbit.run_reference(graph, {"x": x})  # numpy reference executor
 
+Compile and run::
+
+    art = lowbit.compile("model.onnx", target="x86", quant="w4a8", calib="calib.npz")
+    art.save("model.lbx")
+    outs = lowbit.Session("model.lbx").run(None, {"x": x})
+
 Issue 3::
 
     qgraph = lowbit.quantize("model.onnx", quant="w4a8", calib="calib.npz",
@@ -44,6 +50,17 @@ def quantize(model_or_graph, quant="w4a8", calib=None, recipe=None, calibration=
                  dump_ir=dump_ir)
 
 
+def compile(model, target="x86", quant="w4a8", calib=None, recipe=None,
+            input_shapes=None, *, threads=None, dump_ir=None):
+    """Quantize (unless ``quant == "none"``), lower and compile an ONNX model for ``target``;
+    returns an :class:`~lowbit.runtime.artifact.Artifact` (``.save(path)``, then
+    ``lowbit.Session(path)``). See :func:`lowbit.compiler.driver.compile_model`."""
+    from .compiler.driver import compile as _impl
+
+    return _impl(model, target, quant, calib, recipe, input_shapes, threads=threads,
+                 dump_ir=dump_ir)
+
+
 def __getattr__(name):
     """Lazy exports: ``lowbit.Session`` (imports TVM's runtime only when first used)."""
     if name == "Session":
@@ -63,6 +80,7 @@ __all__ = [
     "Session",
     "Value",
     "__version__",
+    "compile",
     "import_onnx",
     "quantize",
     "run_reference",

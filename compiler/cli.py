@@ -8,6 +8,16 @@ IR. With ``--quant PRESET`` and/or ``--recipe FILE`` (plus ``--calib FILE.npz`` 
 dyadic m/shift) followed by one ``weights: fp32 ... B -> packed ... B (Nx smaller ...)`` line
 (text format only). ``lowbit ops`` lists the supported ONNX ops and versions.
 
+``lowbit compile MODEL.onnx --target x86 --quant PRESET [--recipe FILE] [--calib FILE.npz]
+[--input-shape NAME=D0,...] [--threads N] [--dump-ir DIR] -o OUT.lbx`` runs
+:func:`lowbit.compiler.driver.compile_model` with a progress display of the stages (rich on a
+terminal, one plain line per stage otherwise; on stderr) and saves the artifact.
+``lowbit run OUT.lbx --inputs FILE.npz | --input NAME=FILE.npy ... [-o OUT.npz] [--repeat N]
+[--print-time]`` runs it with :class:`lowbit.Session` (timing: mean / median / min / max / std
+ms over N runs). ``lowbit bench`` (:mod:`lowbit.compiler.bench`) times a compiled model against
+onnxruntime fp32 and static int8; ``lowbit demo`` (:mod:`lowbit.compiler.demo`) does it for the
+shipped digits CNN in several presets, with test accuracy.
+
 Every :class:`~lowbit.ir.errors.LowbitError` is printed as one line on stderr and the process
 exits with code 2 (argparse usage errors also exit 2); no traceback for bad input. Output files
 are written atomically (temp file + rename), so an interrupted run leaves nothing half-written.
@@ -21,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..ir.errors import LowbitError
+from ..ir.errors import InvalidModelError, LowbitError
 from .recipes import CALIBRATION_METHODS, PRESETS
 
 EXIT_USAGE = 2
@@ -123,6 +133,190 @@ def _cmd_ops(args) -> int:
     return 0
 
 
+def _parse_shapes(texts) -> dict[str, tuple[int, ...]] | None:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in texts or []:
+        name, shape = parse_input_shape(text)
+        if name in shapes:
+            raise _CliError(f"--input-shape given twice for input {name!r}")
+        shapes[name] = shape
+    return shapes or None
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise _CliError(f"--threads {threads}: give a positive thread count")
+
+
+def _cmd_compile(args) -> int:
+    from .driver import check_request, compile_model, stage_log_for
+
+    shapes = _parse_shapes(args.input_shape)
+    _check_threads(args.threads)
+    if not Path(args.model).is_file():
+        raise InvalidModelError(f"model file {args.model!r} does not exist; check the path")
+    out = Path(args.output)
+    if out.is_dir():
+        raise _CliError(f"-o {args.output!r} is a directory; give a file name such as "
+                        f"model.lbx")
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise _CliError(f"-o {args.output!r}: folder {str(out.parent)!r} does not exist")
+    check_request(args.quant, args.calib, args.recipe, args.target)  # fail before any stage
+    log = stage_log_for(sys.stderr, quiet=args.quiet)
+    try:
+        result = compile_model(args.model, args.target, args.quant, args.calib, args.recipe,
+                               shapes, threads=args.threads, dump_ir=args.dump_ir, log=log)
+        with log.stage("save", str(out)):
+            result.artifact.save(out)
+    finally:
+        log.close()
+    total = sum(s for _, s in log.times)
+    if not args.quiet:
+        art = result.artifact
+        print(f"lowbit: wrote {out} ({out.stat().st_size:,} bytes, target {art.target.name}, "
+              f"{len(art.plan)} quantized layers) in {total:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _load_feeds(args, specs) -> dict:
+    """``--inputs FILE.npz`` or ``--input NAME=FILE.npy ...`` checked against ``specs``."""
+    import numpy as np
+
+    feeds = {}
+    where = ""
+    if args.inputs is not None:
+        where = f"--inputs {args.inputs!r}"
+        try:
+            data = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise _CliError(f"{where}: cannot read ({exc}); pass an .npz written by "
+                            f"numpy.savez") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise _CliError(f"{where}: cannot read (it holds one array, not an .npz archive "
+                            f"of named arrays); pass an .npz written by numpy.savez")
+        with data:
+            feeds = {k: data[k] for k in data.files}
+    for text in args.input or []:
+        name, sep, file = text.partition("=")
+        if not sep or not name or not file:
+            raise _CliError(f"--input {text!r}: expected NAME=FILE.npy")
+        if name in feeds:
+            raise _CliError(f"input {name!r} given twice (--inputs / --input)")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise _CliError(f"--input {text!r}: cannot read {file!r} ({exc}); pass a .npy "
+                            f"written by numpy.save") from None
+        where = where or "--input"
+    expected = [s.name for s in specs]
+    listed = ", ".join(str(s) for s in specs)
+    unknown = sorted(set(feeds) - set(expected))
+    if unknown:
+        raise _CliError(f"{where}: unknown input {unknown[0]!r}; the model's inputs are "
+                        f"{listed}")
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise _CliError(f"{where or 'no inputs given'}: missing input {missing[0]!r}; the "
+                        f"model's inputs are {listed} (use --inputs FILE.npz or --input "
+                        f"NAME=FILE.npy)")
+    return feeds
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from ..runtime.session import Session
+    from .bench import measure
+
+    _check_threads(args.threads)
+    if args.repeat < 1:
+        raise _CliError(f"--repeat {args.repeat}: give at least 1 run")
+    if args.inputs is not None and args.input:
+        raise _CliError("give either --inputs FILE.npz or --input NAME=FILE.npy, not both")
+    session = Session(args.artifact, threads=args.threads)
+    feeds = _load_feeds(args, session.get_inputs())
+    outputs = session.run(None, feeds)
+    names = [s.name for s in session.get_outputs()]
+    if args.repeat > 1 or args.print_time:
+        timing = measure(lambda: session.run(None, feeds), args.repeat, warmup=0)
+    if args.output:
+        out = Path(args.output)
+        if out.suffix != ".npz":
+            raise _CliError(f"-o {args.output!r}: the outputs are written as .npz; name the "
+                            f"file OUT.npz")
+        _write_npz_atomic(out, dict(zip(names, outputs)))
+    else:
+        with np.printoptions(threshold=50, edgeitems=3, precision=5):
+            for name, value in zip(names, outputs):
+                print(f"{name}: {value.dtype}[{','.join(map(str, value.shape))}]")
+                print(value)
+    if args.print_time:
+        print(f"time: {timing}")
+    return 0
+
+
+def _write_npz_atomic(path: Path, arrays: dict) -> None:
+    import numpy as np
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise _CliError(f"output folder {str(parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _table_console():
+    """stdout console; 120 columns when not a terminal (rich would wrap tables at 80)."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench, render
+    from .driver import check_request, stage_log_for
+
+    shapes = _parse_shapes(args.input_shape)
+    _check_threads(args.threads)
+    if args.repeat < 1:
+        raise _CliError(f"--repeat {args.repeat}: give at least 1 run")
+    if not Path(args.model).is_file():
+        raise InvalidModelError(f"model file {args.model!r} does not exist; check the path")
+    check_request(args.quant, args.calib, args.recipe, args.target)
+    log = stage_log_for(sys.stderr, quiet=args.quiet)
+    try:
+        report = bench(args.model, args.quant, args.calib, args.recipe, shapes, args.target,
+                       args.threads, repeat=args.repeat, warmup=args.warmup, log=log)
+    finally:
+        log.close()
+    _table_console().print(render(report))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import demo, render
+    from .driver import stage_log_for
+
+    _check_threads(args.threads)
+    log = stage_log_for(sys.stderr, quiet=not args.verbose)
+    if not args.verbose:
+        print("lowbit demo: compiling the digits CNN in 4 presets and timing it against "
+              f"onnxruntime (~{15 if args.fast else 35} s on 2 cores)", file=sys.stderr)
+    try:
+        report = demo(threads=args.threads, repeat=args.repeat, fast=args.fast, log=log)
+    finally:
+        log.close()
+    _table_console().print(render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="lowbit: a quantizing tensor compiler (ONNX -> low-bit TVM).")
@@ -146,6 +340,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=CALIBRATION_METHODS,
                    help="activation range observer (default: the recipe's, minmax for presets)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("compile", help="quantize and compile a model into a .lbx artifact")
+    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("--target", default="x86",
+                   help="x86 (this host), x86-avx2, x86-avx512, arm64, cuda[:sm_XX]")
+    p.add_argument("--quant", metavar="PRESET", default="w4a8",
+                   help=f"quantization preset (default w4a8): {', '.join(PRESETS)}")
+    p.add_argument("--recipe", metavar="FILE", help="quantization recipe (.toml or .json)")
+    p.add_argument("--calib", metavar="FILE.npz",
+                   help="calibration samples (needed unless --quant none)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="bind a graph input's shape (repeatable), e.g. x=1,3,224,224")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="TVM thread pool size while compiling")
+    p.add_argument("--dump-ir", metavar="DIR",
+                   help="write the IR after every pass and the Relax module (relax.py) to DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.lbx", help="artifact path")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("run", help="run a compiled .lbx artifact")
+    p.add_argument("artifact", help="a .lbx file written by lowbit compile")
+    p.add_argument("--inputs", metavar="FILE.npz", help="one array per model input name")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                   help="one input from a .npy file (repeatable)")
+    p.add_argument("-o", "--output", metavar="OUT.npz",
+                   help="write the outputs here (default: print them)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="timed runs (default 1)")
+    p.add_argument("--print-time", action="store_true",
+                   help="print mean / median / min / max / std ms over the --repeat runs")
+    p.add_argument("--threads", type=int, metavar="N", help="TVM threads (default: TVM's)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="compile and time against onnxruntime fp32 / int8")
+    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("--target", default="x86", help="compile target (must run on this host)")
+    p.add_argument("--quant", metavar="PRESET", default="w4a8",
+                   help=f"quantization preset (default w4a8): {', '.join(PRESETS)}")
+    p.add_argument("--recipe", metavar="FILE", help="quantization recipe (.toml or .json)")
+    p.add_argument("--calib", metavar="FILE.npz",
+                   help="calibration samples (lowbit and ORT int8); the first batch is timed")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="bind a graph input's shape (repeatable)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for every runtime (default: all cores)")
+    p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the digits CNN in several presets vs onnxruntime")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for every runtime (default: all cores)")
+    p.add_argument("--repeat", type=int, default=20, metavar="N", help="timed runs per row")
+    p.add_argument("--fast", action="store_true",
+                   help="skip ternary's layer-wise reconstruction (~2x faster, less accurate)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the compile stages")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("ops", help="list the supported ONNX ops and schema versions")
     p.set_defaults(func=_cmd_ops)

@@ -1,0 +1,164 @@
+"""``lowbit.compile`` / ``compile_model``: the digits CNN compiled, saved and run through
+``lowbit.Session`` against the integer simulator and onnxruntime; manifest, dumps, early errors.
+
+Tolerance vs the simulator: the integer layers are bit-exact (the kernels compute the
+simulator's formulas), so outputs differ only by the final float DequantizeLinear
+``(q − zp) · scale``: we allow 4 float32 ulps of the output magnitude,
+``atol = 4 · 2^-23 · max|reference|`` (about 5e-6 for logits near 10), ``rtol = 0``.
+"""
+
+from pathlib import Path
+
+import lowbit
+import numpy as np
+import onnxruntime as ort
+import pytest
+from lowbit.compiler.driver import STAGES, PlainStageLog, StageLog, compile_model, plan_rows
+from lowbit.ir import Op
+from lowbit.ir.errors import InvalidModelError, LoweringError, QuantizationError
+from lowbit.runtime.artifact import Artifact, load_artifact
+from lowbit.runtime.reference import run_reference
+
+EXAMPLES = Path(lowbit.__file__).parent / "examples"
+MODEL = EXAMPLES / "digits_cnn.onnx"
+CALIB = EXAMPLES / "digits_calib.npz"
+SHAPES = {"input": (8, 1, 8, 8)}
+ULP32 = 2.0 ** -23
+
+
+def _images(start=0):
+    return np.load(EXAMPLES / "digits_eval.npz")["input"][start:start + 8]
+
+
+def assert_dequantize_close(out, ref):
+    """Equal up to the final float dequantize: 4 float32 ulps of max |ref| (module doc)."""
+    np.testing.assert_allclose(out, ref, rtol=0, atol=4 * ULP32 * float(np.abs(ref).max()))
+
+
+@pytest.fixture(scope="module", params=["int8", "w4a8"])
+def compiled(request, tmp_path_factory):
+    result = compile_model(MODEL, "x86", request.param, str(CALIB), None, SHAPES)
+    path = result.artifact.save(tmp_path_factory.mktemp(request.param) / "m.lbx")
+    return request.param, result, path
+
+
+def test_session_equals_integer_simulator(compiled):
+    _quant, result, path = compiled
+    session = lowbit.Session(path)
+    for start in (0, 8, 100):
+        x = _images(start)
+        (out,) = session.run(None, {"input": x})
+        ref = run_reference(result.graph, {"input": x})["logits"]
+        assert out.dtype == np.float32 and out.shape == (8, 10)
+        assert_dequantize_close(out, ref)
+
+
+def test_manifest_plan_and_specs(compiled):
+    quant, result, path = compiled
+    art = load_artifact(path)
+    assert [(s.name, s.shape, s.dtype) for s in art.inputs] == [("input", (8, 1, 8, 8),
+                                                                  "float32")]
+    assert [(s.name, s.shape, s.dtype) for s in art.outputs] == [("logits", (8, 10), "float32")]
+    assert art.target.name == "x86" and art.target.arch == "x86_64"
+    layers = [n for n in result.graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
+    assert len(layers) == 4 and len(art.plan) == 4
+    assert [r.layer for r in art.plan] == [n.name for n in layers]
+    w_bits = [dict(r.details)["w_bits"] for r in art.plan]
+    # first and last layer stay int8 in every preset; the middle ones follow the preset
+    assert w_bits == ([8, 8, 8, 8] if quant == "int8" else [8, 4, 4, 8])
+    for row in art.plan:
+        details = dict(row.details)
+        assert row.kernel == "reference" and row.op in ("QConv", "QMatMul")
+        assert details["format"] == "uniform" and details["a_bits"] == 8
+        assert details["acc"] in ("int32", "int64")
+    assert tuple(name for name, _ in result.times) == STAGES[:5]
+
+
+def test_quant_none_equals_onnxruntime(tmp_path):
+    art = lowbit.compile(str(MODEL), quant="none", input_shapes=SHAPES)
+    assert isinstance(art, Artifact) and art.plan == ()
+    path = art.save(tmp_path / "fp32.lbx")
+    x = _images(16)
+    (out,) = lowbit.Session(path).run(["logits"], {"input": x})
+    (expected,) = ort.InferenceSession(str(MODEL)).run(None, {"input": x})
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-4)
+
+
+def test_dump_ir_writes_passes_quantize_and_relax(tmp_path):
+    dump = tmp_path / "dump"
+    result = compile_model(MODEL, "x86", "int8", str(CALIB), None, SHAPES, dump_ir=dump)
+    assert (dump / "passes" / "00-input.txt").is_file()
+    assert any(p.name.endswith("fold_scales.txt") for p in (dump / "quantize").iterdir())
+    assert (dump / "final.txt").read_text() == str(result.graph)
+    script = (dump / "relax.py").read_text()
+    assert script == result.relax_script and "def main(" in script and "R.call_tir" in script
+
+
+def test_stage_logs_time_every_stage_in_order(tmp_path):
+    import io
+
+    stream = io.StringIO()
+    log = PlainStageLog(stream)
+    result = compile_model(MODEL, "x86", "none", None, None, SHAPES, log=log)
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == list(STAGES[:5])
+    assert "skipped" in lines[2] and all(s >= 0 for _, s in result.times)
+    # a second compile on the same log reports only its own stages
+    again = compile_model(MODEL, "x86", "none", None, None, SHAPES, log=log)
+    assert len(again.times) == 5 and len(log.times) == 10
+
+
+def test_failed_stage_is_not_recorded():
+    log = StageLog()
+    with pytest.raises(InvalidModelError):
+        compile_model(EXAMPLES / "missing.onnx", "x86", "none", None, None, None, log=log)
+    assert log.times == []
+
+
+@pytest.mark.parametrize("kwargs, error, pattern", [
+    ({"quant": "int9", "calib": str(CALIB)}, QuantizationError, "unknown --quant preset 'int9'"),
+    ({"quant": "w4a8"}, QuantizationError, "needs calibration data"),
+    ({"quant": "none", "target": "riscv"}, LoweringError, "unknown target 'riscv'"),
+])
+def test_bad_requests_fail_before_any_stage(kwargs, error, pattern):
+    log = StageLog()
+    # the model does not exist: the request checks must fire before the import stage
+    with pytest.raises(error, match=pattern):
+        compile_model("/nonexistent/model.onnx", log=log, **kwargs)
+    assert log.times == []
+
+
+def test_plan_rows_skip_float_layers():
+    graph = lowbit.quantize(str(MODEL), quant="none", input_shapes=SHAPES)
+    assert plan_rows(graph) == ()
+    assert any(n.op == Op.CONV for n in graph.nodes)
+
+
+def test_rich_stage_log_on_a_terminal():
+    import io
+    import re
+
+    from lowbit.compiler.driver import RichStageLog, stage_log_for
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    log = RichStageLog(Console(file=buffer, force_terminal=True, width=100))
+    try:
+        compile_model(MODEL, "x86", "none", None, None, SHAPES, log=log)
+    finally:
+        log.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buffer.getvalue())
+    final = text.splitlines()[-5:]
+    assert [line.split()[1] for line in final] == list(STAGES[:5])
+    assert all(line.startswith("✓") for line in final), final
+    assert "skipped (--quant none)" in final[2]
+    # not a terminal: plain lines; quiet: nothing
+    assert isinstance(stage_log_for(io.StringIO()), PlainStageLog)
+    assert type(stage_log_for(io.StringIO(), quiet=True)) is StageLog
+
+
+def test_cross_target_link_failure_is_one_lowering_error():
+    # arm64 code is generated, but linking it needs a cross linker this host does not have
+    with pytest.raises(LoweringError, match="cross linker") as info:
+        compile_model(MODEL, "arm64", "none", None, None, SHAPES)
+    assert "\n" not in str(info.value)
