@@ -47,11 +47,16 @@ def _recipes(fast: bool):
     """``(row name, preset, recipe or None, note)`` of the lowbit rows."""
     from .recipes import preset
 
+    import importlib.util
+
     ternary, ternary_note = None, "layer-wise reconstruction"
-    if fast:
+    if fast or importlib.util.find_spec("torch") is None:
+        # Reconstruction optimizes in torch (the optional [ptq] extra); without it the demo says
+        # so in the table instead of failing.
         ternary = preset("ternary")
         ternary = replace(ternary, ptq=replace(ternary.ptq, reconstruct=False))
-        ternary_note = "no reconstruction (--fast)"
+        ternary_note = ("no reconstruction (--fast)" if fast else
+                        "no reconstruction: torch not installed (pip install 'lowbit[ptq]')")
     return (
         ("lowbit none", "none", None, "fp32 compiled by TVM"),
         ("lowbit int8", "int8", None, "w8a8 per-channel"),
