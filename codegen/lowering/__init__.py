@@ -10,8 +10,9 @@ them. Register with ``@register_lowering(Op.X)`` (the generic lowering of ``X``)
 in their docstrings.
 
 Families: ``float_ops`` (``relax.op.*`` on float tensors, and the data-movement ops on any
-dtype) and ``quantized`` (``relax.call_tir`` of ``tvm.te`` PrimFuncs computing the integer
-simulator's formulas: the generic "reference" kernel family). Both are imported at the bottom.
+dtype), ``quantized`` (``relax.call_tir`` of ``tvm.te`` PrimFuncs computing the integer
+simulator's formulas: the generic "reference" kernel family) and ``families`` (QMatMul / QConv
+on the scheduled kernels of ``lowbit.codegen.kernels``). All are imported at the bottom.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def register_lowering(*ops: Op, kernel: str = REFERENCE):
 def registered_ops(kernel: str = REFERENCE) -> frozenset[Op]:
     """Every op with a lowering for ``kernel``."""
     return frozenset(op for op, k in _LOWERINGS if k == kernel)
+
+
+def has_lowering(op: Op, kernel: str) -> bool:
+    """True when ``op`` has a lowering for kernel family ``kernel``."""
+    return (Op(op), kernel) in _LOWERINGS
 
 
 def kernel_of(node: Node) -> str:
@@ -148,4 +154,4 @@ def _identifier(name: str) -> str:
 
 
 # Importing the family modules registers their lowerings.
-from . import float_ops, quantized  # noqa: F401
+from . import families, float_ops, quantized  # noqa: F401

@@ -18,12 +18,10 @@ Every kernel here computes the integer simulator's formula (``lowbit.runtime.ker
 
 Codes travel in their numpy storage dtype (int4 -> int8, uint2 -> uint8, ...).
 
-Kernel-family seam: a QMatMul whose ``node.meta["kernel"]`` names a family of
-``lowbit.codegen.kernels`` is lowered by that family's entry here (``bitserial``, ``int8``):
-the family packs the weights at compile time (``pack_weights``), its scheduled PrimFunc
-(``<family>.lower(spec, target)["main"]``) is added to the module, marked scheduled and opaque
-to fusion, and called with ``relax.call_tir`` on ``(x, packed weights, offset, [mult, shift])``.
-A family or op without an entry is a :class:`LoweringError`, never a silent fallback.
+Kernel-family seam: a QMatMul / QConv whose ``node.meta["kernel"]`` names a family of
+``lowbit.codegen.kernels`` is lowered by :mod:`lowbit.codegen.lowering.families` instead (the
+family's scheduled GEMM plus, where needed, an im2col and an epilogue built from the pieces
+here: :class:`_Requant`, :func:`_bias`, :func:`_channel_count`).
 """
 
 from __future__ import annotations
@@ -536,102 +534,3 @@ def dequantize(ctx, node):
         return te.compute(x_shape, body, name="y")
 
     return ctx.emit_te(compute, x, ctx.constant(scale), ctx.constant(zp64), name=node.name)
-
-# -- kernel-family lowerings (node.meta["kernel"]) ----------------------------------------------
-def _add_scheduled(ctx, prim, name: str):
-    """Add a family's already-scheduled PrimFunc to the module: opaque to fusion (its
-    schedule must survive) and marked scheduled so dlight leaves it alone."""
-    prim = prim.with_attr("tir.is_scheduled", True).with_attr("op_pattern", 8)
-    if prim.attrs is not None and "global_symbol" in prim.attrs:
-        prim = prim.without_attr("global_symbol")
-    from . import _identifier
-
-    return ctx.bb.add_func(prim, _identifier(name))
-
-
-def _family_qmatmul(ctx, node, family: str, make_spec):
-    """Shared seam of the family QMatMul lowerings: checks the layer shape, asks
-    ``make_spec(M, K, N, requant)`` for the family's spec (or None when the QTypes are not
-    accepted), packs weights / offset / requant parameters at compile time with the family's
-    ``pack_weights`` and calls the family's scheduled PrimFunc
-    ``main(x, weights, offset, [mult, shift], y)`` through ``relax.call_tir``."""
-    from tvm import relax
-
-    from ..kernels import bitserial as bs
-    from ..kernels import get_family
-
-    module = __import__(f"lowbit.codegen.kernels.{family}", fromlist=["lower"])
-    a = node.attrs
-    rq = a.requant
-    x = ctx.input(node, 0)
-    w = ctx.require_const(node, 1, "integer weight")
-    x_shape = tuple(int(d) for d in x.ty.shape)
-    if len(x_shape) != 2 or a.groups is not None or a.acc_shift or rq.binary:
-        raise fail(node, f"the {family} kernel needs 2-D x, no weight groups, acc_shift = 0 "
-                         "and a non-binary requant; select the reference kernel")
-    (M, K), N = x_shape, int(w.shape[1])
-    requant = None if rq.accumulates else bs.OutputRange(rq.out_zero_point, rq.lo, rq.hi)
-    spec = make_spec(M, K, N, requant)
-    if spec is None:
-        raise fail(node, f"kernel family {family} does not accept weight "
-                         f"{node.inputs[1].qtype} x activation {node.inputs[0].qtype}")
-    bias = None if len(node.inputs) < 3 or node.inputs[2] is None else \
-        ctx.require_const(node, 2, "bias").astype(np.int64)
-    mult = np.asarray(rq.multiplier, np.int64) if requant is not None else None
-    shift = np.asarray(rq.shift, np.int64) if requant is not None else None
-    packed = get_family(family).pack_weights(spec, ctx.target, w, bias=bias,
-                                             a_zero_point=rq.in_zero_point, mult=mult,
-                                             shift=shift)
-    gv = _add_scheduled(ctx, module.lower(spec, ctx.target)["main"], f"{family}_{node.name}")
-    if str(x.ty.dtype) != spec.a_dtype:
-        x = ctx.bb.emit(relax.op.astype(x, spec.a_dtype))
-    weights = getattr(packed, "planes", None)  # bitserial: bit planes; int8: tiled bytes
-    weights = packed.w if weights is None else weights
-    params = [weights, packed.offset]
-    if requant is not None:
-        params += [packed.mult, packed.shift]
-    y = ctx.bb.emit(relax.call_tir(gv, relax.Tuple([x, *[ctx.constant(p) for p in params]]),
-                                   out_ty=relax.TensorType((M, N), spec.out_dtype)))
-    dt = out_dtype(node)
-    return y if spec.out_dtype == dt else relax.op.astype(y, dt)
-
-
-@register_lowering(Op.QMATMUL, kernel="bitserial")
-def qmatmul_bitserial(ctx, node):
-    """QMatMul on the ``bitserial`` family (:mod:`lowbit.codegen.kernels.bitserial`): the same
-    formula as :func:`qmatmul`, ``acc[m, n] = Σ_k (x[m, k] − zx)·w[k, n] + bias[n]`` then
-    ``y = clamp(zy + ((acc·m[n] + 2^(s[n]−1)) >> s[n]), lo, hi)`` (or acc), computed by
-    AND / XNOR-popcount over bit planes with the zero point and bias folded into the family's
-    compile-time ``offset``. Applies to 2-D x, no weight groups, ``acc_shift`` 0 and a
-    non-binary requant; the weight and activation QTypes must be ones the family accepts."""
-    from ..kernels import bitserial as bs
-
-    w_q, x_q = node.inputs[1].qtype, node.inputs[0].qtype
-
-    def make_spec(M, K, N, requant):
-        w_fmt = bs.operand_format(w_q, "weight") if w_q is not None else None
-        x_fmt = bs.operand_format(x_q, "activation") if x_q is not None else None
-        if w_fmt is None or x_fmt is None:
-            return None
-        return bs.BitserialSpec(M, K, N, *w_fmt, *x_fmt, requant)
-
-    return _family_qmatmul(ctx, node, "bitserial", make_spec)
-
-
-@register_lowering(Op.QMATMUL, kernel="int8")
-def qmatmul_int8(ctx, node):
-    """QMatMul on the ``int8`` family (:mod:`lowbit.codegen.kernels.int8`): the formula of
-    :func:`qmatmul_bitserial` with uint8 / int8 activations x int2..int8 weights (VNNI
-    ``vpdpbusd`` / AVX2 / generic paths), zero point and bias folded into ``offset``."""
-    from ..kernels import int8
-
-    w_q = node.inputs[1].qtype
-    a_dtype = str(node.inputs[0].dtype.numpy)
-
-    def make_spec(M, K, N, requant):
-        if w_q is None or a_dtype not in int8.A_DTYPES:
-            return None
-        bits = int8.operand_bits(w_q, "weight")
-        return None if bits is None else int8.Int8Spec(M, K, N, bits, a_dtype, requant)
-
-    return _family_qmatmul(ctx, node, "int8", make_spec)

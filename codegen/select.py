@@ -1,0 +1,321 @@
+"""Kernel selection: which kernel family computes each QConv / QMatMul, by measured speed.
+
+``select_kernels(graph, target)`` walks the graph's QConv / QMatMul nodes. A layer's candidates
+are the registered families (:func:`lowbit.codegen.kernels.families`) that have a graph
+lowering for the op and whose plan succeeds (:func:`lowbit.codegen.lowering.families.
+plan_layer`: ``accepts(w_qtype, a_qtype)``, layout, target ISA, int32 accumulator bound),
+plus ``"reference"`` (the generic exact te kernel, always possible).
+
+* ``measure=True``: each candidate's layer is compiled alone (a one-node graph through
+  :func:`lowbit.codegen.build.build`, the same lowering the whole graph gets) and timed with
+  TVM's ``time_evaluator`` on one thread (median of :data:`REPEATS` repeats of at least
+  :data:`MIN_REPEAT_MS` ms each, cache-hot); the fastest wins, ties broken by family name.
+  Measurements are cached on disk (:class:`MeasurementCache`), so a second selection of the
+  same layers does no timing. A target that cannot run on this host (arm64, cuda) is not
+  measured: the static order applies.
+* ``measure=False``: the first candidate in :data:`STATIC_PREFERENCE` (then any other family
+  by name, then ``reference``). The order reflects the kernels' design: bit-serial popcount
+  for <= 4-bit activations, then the int8 VNNI GEMM, the pow2 -> int8 VNNI variant, table
+  lookup, true shift-add.
+* ``forced`` (node name -> family, from a recipe's per-layer ``kernel``): that family wins (and
+  is measured alone when ``measure``), but it must take the layer, else :class:`LoweringError`
+  naming the node, the family and why.
+
+Results: ``node.meta["kernel"]`` (the printer shows ``# kernel=...``), ``node.meta
+["kernel_us"]`` (the chosen kernel's measured µs; absent when not measured), and the returned
+``{node_name: KernelChoice}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..ir import Graph, Node, Op
+from ..ir.errors import LoweringError
+
+REFERENCE = "reference"
+#: static order (``measure=False``); families not listed follow by name, then ``reference``
+STATIC_PREFERENCE = ("bitserial", "int8", "shiftadd_int8", "lut", "shiftadd")
+#: the ops selection applies to
+LAYER_OPS = (Op.QCONV, Op.QMATMUL)
+REPEATS = 5
+MIN_REPEAT_MS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class KernelChoice:
+    """The kernel chosen for one layer: ``family``, its measured ``us`` (None: not measured),
+    ``source`` (``measured`` / ``cached`` / ``static`` / ``forced``), every candidate with its
+    µs (None: not measured) and the families that were rejected with the reason."""
+
+    node: str
+    op: str
+    family: str
+    us: float | None
+    source: str
+    candidates: tuple[tuple[str, float | None], ...]
+    rejected: tuple[tuple[str, str], ...]
+
+
+# -- the measurement cache ---------------------------------------------------------------------
+def default_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/lowbit/kernels.json`` (``~/.cache`` when the variable is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lowbit" / "kernels.json"
+
+
+class MeasurementCache:
+    """Measured µs per key in one JSON file ``{"entries": {key: us}}``. Keys name the lowbit
+    version, target, op, shapes, formats, epilogue and family (:func:`layer_key`). Saving
+    re-reads the file and merges, then writes a temporary file in the same folder and renames
+    it over the old one (atomic: readers see the old or the new file, never half of one)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, float] = self._read()
+        self.dirty: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) else None
+        return {str(k): float(v) for k, v in (entries or {}).items()}
+
+    def get(self, key: str) -> float | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, us: float) -> None:
+        self.entries[key] = us
+        self.dirty[key] = us
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {**self._read(), **self.dirty}
+        fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".json", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"entries": dict(sorted(merged.items()))}, f, indent=1)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.entries.update(merged)
+        self.dirty = {}
+
+
+def _qtype_key(q) -> str:
+    if q is None:
+        return "none"
+    return f"{q.kind.value}{q.bits}{'s' if q.signed else 'u'}{'nz' if q.zero_free else ''}"
+
+
+def layer_key(node: Node, target, family: str) -> str:
+    """The cache key of one (layer, family) measurement: what the timing depends on (scales
+    and weight values do not change the kernel's speed; shapes, formats and the epilogue do)."""
+    from .. import __version__
+
+    a = node.attrs
+    rq = a.requant
+    geo = ""
+    if node.op == Op.QCONV:
+        geo = f"s{a.strides}p{a.pads}d{a.dilations}g{a.group}t{int(a.transposed)}"
+    epi = (f"sh{int(a.acc_shift > 0)}{'b' if rq.binary else 'a' if rq.accumulates else 'r'}"
+           f"{node.outputs[0].dtype}{'G' if a.groups is not None else ''}")
+    parts = [f"lowbit={__version__}", f"target={target.name}:{dict(target.tvm_items)}",
+             node.op.value, f"x{tuple(node.inputs[0].shape)}{node.inputs[0].dtype}",
+             f"w{tuple(node.inputs[1].shape)}", geo,
+             f"{_qtype_key(node.inputs[1].qtype)}x{_qtype_key(node.inputs[0].qtype)}", epi,
+             f"bias{int(len(node.inputs) > 2 and node.inputs[2] is not None)}", family]
+    return "|".join(parts)
+
+
+# -- measuring one layer -----------------------------------------------------------------------
+def layer_graph(node: Node, family: str) -> Graph:
+    """A one-node graph computing ``node`` on ``family`` (its x as the only input)."""
+    g = Graph(f"layer_{node.name}")
+    x = g.add_input("x", node.inputs[0].dtype, node.inputs[0].shape)
+    x.qtype = node.inputs[0].qtype
+    ins = [x]
+    for i, v in enumerate(node.inputs[1:], start=1):
+        if v is None:
+            ins.append(None)
+            continue
+        c = g.add_const(v.const, f"in{i}", dtype=v.dtype)
+        c.qtype = v.qtype
+        ins.append(c)
+    out = node.outputs[0]
+    new = g.add_node(node.op, ins, node.attrs, name=node.name, outputs=["y"],
+                     out_types=[(out.dtype, out.shape)])
+    if family != REFERENCE:
+        new.meta["kernel"] = family
+    g.outputs = [new.outputs[0]]
+    return g
+
+
+def _codes(value, rng) -> np.ndarray:
+    """Random legal codes of ``value``'s QType (binary: +-1) in its storage dtype."""
+    q, dt = value.qtype, value.dtype
+    shape = tuple(value.shape)
+    if q is not None and q.kind.value == "binary":
+        arr = rng.choice(np.array([-1, 1]), shape)
+    else:
+        lo, hi = (q.min, q.max) if q is not None else (int(dt.min), int(dt.max))
+        arr = rng.integers(lo, hi + 1, shape)
+    return arr.astype(dt.numpy)
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """TVM's pool at one thread (parallel loops run inline) for the duration; the previous
+    ``TVM_NUM_THREADS`` is restored after (the pool resized back to it, or to the CPU count)."""
+    import tvm
+
+    from .kernels.bitserial import set_num_threads
+
+    before = os.environ.get("TVM_NUM_THREADS")
+    set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+            tvm.get_global_func("runtime.config_threadpool")(0, os.cpu_count() or 1)
+        else:
+            set_num_threads(int(before))
+
+
+def measure_layer(node: Node, family: str, target) -> float:
+    """Median µs of ``node`` compiled alone on ``family`` for ``target`` (host only), one
+    thread, cache-hot (module docstring)."""
+    import tvm
+    from tvm import relax
+
+    from .build import build
+
+    graph = layer_graph(node, family)
+    try:
+        ex = build(graph, target)
+    except LoweringError:
+        raise
+    except Exception as err:
+        raise LoweringError(
+            f"{node.op.value} node '{node.name}': kernel family '{family}' failed to compile "
+            f"for timing: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''};"
+            f" force another kernel for this layer in the recipe") from err
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(ex, dev)
+    x = tvm.runtime.tensor(_codes(graph.inputs[0], np.random.default_rng(0)), dev)
+    with _single_thread():
+        vm["main"](x)  # warm up (and first-touch the weights)
+        timer = vm.time_evaluator("main", dev, number=1, repeat=REPEATS,
+                                  min_repeat_ms=MIN_REPEAT_MS)
+        result = timer(x)
+    return float(np.median(result.results)) * 1e6
+
+
+# -- selection ---------------------------------------------------------------------------------
+def candidates(node: Node, target) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(families that can take node, [(family, why not)])``; ``reference`` always last."""
+    from .kernels import families
+    from .lowering import has_lowering
+    from .lowering.families import plan_layer
+
+    ok, rejected = [], []
+    for fam in families():
+        if not has_lowering(node.op, fam.name):
+            rejected.append((fam.name, f"no {node.op.value} lowering"))
+            continue
+        try:
+            plan_layer(node, fam.name, target)
+        except LoweringError as err:
+            rejected.append((fam.name, str(err).split("cannot take this layer: ")[-1]))
+            continue
+        ok.append(fam.name)
+    return ok + [REFERENCE], rejected
+
+
+def _static_choice(pool: list[str]) -> str:
+    order = {name: i for i, name in enumerate(STATIC_PREFERENCE)}
+    return min(pool, key=lambda f: (f == REFERENCE, order.get(f, len(order)), f))
+
+
+def select_kernels(graph: Graph, target, *, forced: dict[str, str] | None = None,
+                   cache_dir=None, measure: bool = True) -> dict[str, KernelChoice]:
+    """Choose a kernel family for every QConv / QMatMul of ``graph`` (module docstring);
+    sets ``node.meta["kernel"]`` / ``["kernel_us"]`` and returns ``{node: KernelChoice}``.
+
+    ``target``: a :class:`~lowbit.codegen.target.Target` or a name; ``forced``: node name ->
+    family (or ``reference``); ``cache_dir``: folder of ``kernels.json`` (default
+    :func:`default_cache_path`)."""
+    from .kernels import get_family
+    from .lowering.families import plan_layer
+    from .target import resolve_target
+
+    if isinstance(target, str):
+        target = resolve_target(target)
+    forced = dict(forced or {})
+    layers = [n for n in graph.nodes if n.op in LAYER_OPS]
+    names = {n.name for n in layers}
+    unknown = sorted(set(forced) - names)
+    if unknown:
+        raise LoweringError(
+            f"forced kernel for {', '.join(repr(u) for u in unknown)}: no QConv / QMatMul of "
+            f"that name in graph '{graph.name}'; layers: {', '.join(sorted(names)) or 'none'}")
+    timing = measure and target.runs_on_host()
+    cache = None
+    if timing:
+        path = Path(cache_dir) / "kernels.json" if cache_dir is not None else \
+            default_cache_path()
+        cache = MeasurementCache(path)
+    choices: dict[str, KernelChoice] = {}
+    try:
+        for node in layers:
+            pool, rejected = candidates(node, target)
+            source = "measured" if timing else "static"
+            if node.name in forced:
+                family = forced[node.name]
+                if family != REFERENCE:
+                    get_family(family)  # unknown family: LoweringError listing the known ones
+                    if family not in pool:
+                        plan_layer(node, family, target)  # raises with the reason
+                pool, source = [family], "forced"
+            times: dict[str, float | None] = dict.fromkeys(pool)
+            if timing:
+                n_cached = 0
+                for family in pool:
+                    key = layer_key(node, target, family)
+                    us = cache.get(key)
+                    if us is None:
+                        us = measure_layer(node, family, target)
+                        cache.put(key, us)
+                    else:
+                        n_cached += 1
+                    times[family] = us
+                if source == "measured" and n_cached == len(pool):
+                    source = "cached"
+                choice = min(pool, key=lambda f: (times[f], f))
+            else:
+                choice = pool[0] if source == "forced" else _static_choice(pool)
+            node.meta["kernel"] = choice
+            if times[choice] is not None:
+                node.meta["kernel_us"] = round(times[choice], 3)
+            else:
+                node.meta.pop("kernel_us", None)
+            choices[node.name] = KernelChoice(node.name, node.op.value, choice, times[choice],
+                                              source, tuple(times.items()), tuple(rejected))
+    finally:
+        if cache is not None:
+            cache.save()
+    return choices

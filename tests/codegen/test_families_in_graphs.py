@@ -1,0 +1,346 @@
+"""Kernel families inside compiled graphs (codegen/lowering/families.py): bit-exact to the
+integer simulator (lowbit.run_reference) on the digits CNN at every preset, and on single
+QMatMul / QConv layers with acc_shift, bias, binary requant, odd shapes and extreme values.
+
+Every integer intermediate is exposed as a graph output, so each layer is compared exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import lowbit
+import numpy as np
+import pytest
+from lowbit.codegen.build import build
+from lowbit.codegen.lowering.families import plan_layer
+from lowbit.codegen.select import candidates, select_kernels
+from lowbit.codegen.target import resolve_target
+from lowbit.compiler.recipes import preset
+from lowbit.ir import DType, Graph, LoweringError, Op, QKind, QType
+from lowbit.ir.attrs import QConvAttrs, QMatMulAttrs, Requant
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CNN = EXAMPLES / "digits_cnn.onnx"
+CALIB = EXAMPLES / "digits_calib.npz"
+LAYERS = (Op.QCONV, Op.QMATMUL)
+_GRAPHS: dict = {}
+
+
+def host():
+    return resolve_target("x86")
+
+
+def quantized_cnn(quant: str) -> Graph:
+    """digits_cnn at preset ``quant`` without reconstruction, every node output exposed."""
+    if quant not in _GRAPHS:
+        recipe = preset(quant)
+        recipe = replace(recipe, ptq=replace(recipe.ptq, reconstruct=False))
+        g = lowbit.quantize(CNN, recipe=recipe, calib=str(CALIB),
+                            input_shapes={"input": (8, 1, 8, 8)})
+        outs = list(g.outputs)
+        outs += [v for n in g.nodes for v in n.outputs if v not in outs]
+        g.outputs = outs
+        _GRAPHS[quant] = g
+    return _GRAPHS[quant].copy()
+
+
+def calib_batch() -> np.ndarray:
+    return np.load(CALIB)["input"][:8].astype(np.float32)
+
+
+def run_tvm(graph: Graph, feeds: dict, target="x86") -> dict:
+    ex = build(graph, target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[v.name]))
+                       for v in graph.inputs])
+    outs = [out] if len(graph.outputs) == 1 else list(out)
+    return {v.name: o.numpy() for v, o in zip(graph.outputs, outs)}
+
+
+def assert_bit_exact(graph: Graph, feeds: dict) -> None:
+    got, want = run_tvm(graph, feeds), lowbit.run_reference(graph, feeds)
+    for v in graph.outputs:
+        if v.dtype.is_integer:
+            assert got[v.name].dtype == v.dtype.numpy, v.name
+            np.testing.assert_array_equal(got[v.name].astype(np.int64),
+                                          np.asarray(want[v.name]).astype(np.int64),
+                                          err_msg=v.name)
+        else:
+            np.testing.assert_allclose(got[v.name], want[v.name], rtol=1e-5, atol=1e-5,
+                                       err_msg=v.name)
+
+
+def kernels(graph: Graph) -> dict[str, str]:
+    return {n.name: n.meta["kernel"] for n in graph.nodes if n.op in LAYERS}
+
+
+#: preset -> families the static selection must put on the middle convs (weights of the
+#: preset; the first conv and the classifier are int8 by the first/last rule)
+EXPECTED = {
+    "int8": "int8",
+    "w4a8": "int8",
+    "w1a8": "lut",
+    "w2a2": "bitserial",
+    "ternary": "lut",
+    "pow2": "shiftadd_int8",
+}
+
+
+@pytest.mark.parametrize("quant", sorted(EXPECTED))
+def test_cnn_static_selection_bit_exact(quant):
+    """Static selection puts every layer on a non-reference family and the compiled graph is
+    bit-exact (acc_shift > 0 layers: the split epilogue; acc_shift 0: fused)."""
+    graph = quantized_cnn(quant)
+    shifts = [n.attrs.acc_shift for n in graph.nodes if n.op in LAYERS]
+    assert any(shifts), "the digits CNN has acc_shift > 0 layers"
+    choices = select_kernels(graph, "x86", measure=False)
+    if quant == "pow2" and "avx512_vnni" not in host().features:
+        pytest.skip("shiftadd_int8 needs AVX-512 VNNI")
+    chosen = kernels(graph)
+    assert all(k != "reference" for k in chosen.values()), chosen
+    convs = [n.name for n in graph.nodes if n.op == Op.QCONV][1:]
+    assert {chosen[c] for c in convs} == {EXPECTED[quant]}
+    assert all(c.source == "static" and c.us is None for c in choices.values())
+    assert_bit_exact(graph, {"input": calib_batch()})
+
+
+def test_every_candidate_family_bit_exact_w2a2():
+    """w2a2: the 2-bit convs run in turn on bitserial, int8 and lut (im2col + split epilogue),
+    all bit-exact."""
+    graph = quantized_cnn("w2a2")
+    target = host()
+    conv = [n for n in graph.nodes if n.op == Op.QCONV][1:]
+    pools = [candidates(n, target)[0] for n in conv]
+    assert all(set(p) >= {"bitserial", "int8", "lut", "reference"} for p in pools)
+    feeds = {"input": calib_batch()}
+    for family in ("bitserial", "lut"):
+        for n in conv:
+            n.meta["kernel"] = family
+        assert_bit_exact(graph, feeds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["w4a8", "w1a8", "ternary", "pow2"])
+def test_every_candidate_family_bit_exact(quant):
+    graph = quantized_cnn(quant)
+    target = host()
+    layers = [n for n in graph.nodes if n.op in LAYERS]
+    pools = {n.name: candidates(n, target)[0] for n in layers}
+    for k in range(max(len(p) for p in pools.values())):
+        for n in layers:
+            n.meta["kernel"] = pools[n.name][k % len(pools[n.name])]
+        assert_bit_exact(graph, {"input": calib_batch()})
+
+
+# -- single layers ------------------------------------------------------------------------------
+def uniform(bits: int, signed: bool, zp: int = 0) -> QType:
+    return QType(QKind.UNIFORM, bits, signed, scale=(0.1,), zero_point=(zp,))
+
+
+def _requant(rng, channels: int, zx: int, out: DType, lo: int, hi: int, shift: int,
+             binary=False) -> Requant:
+    if binary:
+        return Requant(zx, (), (), 0, out, lo, hi, binary=True)
+    mult = tuple(int(v) for v in rng.integers(1 << 29, 1 << 31, channels))
+    return Requant(zx, mult, (shift,) * channels, 3, out, lo, hi, axis=None)
+
+
+ACC32 = DType.int(32)
+
+
+def matmul_graph(x_shape, w, bias, rq, acc_shift, a_q, w_q, acc_dtype=ACC32) -> Graph:
+    g = Graph("qmm")
+    x = g.add_input("x", DType.uint(8) if not a_q.signed else DType.int(8), x_shape)
+    x.qtype = a_q
+    wv = g.add_const(w.astype(np.int8), "w")
+    wv.qtype = w_q
+    b = g.add_const(np.asarray(bias, np.int32), "b")
+    rq = replace(rq, axis=len(x_shape) - 1) if len(rq.multiplier) > 1 else rq
+    out = rq.out_dtype
+    node = g.add_node(Op.QMATMUL, [x, wv, b], QMatMulAttrs(rq, acc_dtype, acc_shift=acc_shift),
+                      name="qmm", outputs=["y"],
+                      out_types=[(out, (*x_shape[:-1], w.shape[1]))])
+    g.outputs = [node.outputs[0]]
+    return g
+
+
+@pytest.mark.parametrize("family,a_bits,a_signed,w_bits,x_lead,binary", [
+    ("int8", 8, False, 8, (3,), False),
+    ("int8", 8, True, 4, (2, 4), True),
+    ("bitserial", 2, False, 2, (1,), False),
+    ("lut", 8, False, 3, (3,), False),
+    ("lut", 8, True, 4, (8,), True),
+])
+def test_qmatmul_split_epilogue(family, a_bits, a_signed, w_bits, x_lead, binary):
+    """acc_shift > 0, bias, odd K / N, 2-D and 3-D x, binary and dyadic requant: the family's
+    raw dot product + the te epilogue equal the integer simulator."""
+    rng = np.random.default_rng(a_bits * 100 + w_bits * 10 + len(x_lead))
+    K, N, acc_shift = 77, 19, 3
+    zx = 1 if not a_signed else -3
+    a_q, w_q = uniform(a_bits, a_signed, zx), uniform(w_bits, True)
+    w = rng.integers(1 - (1 << (w_bits - 1)), 1 << (w_bits - 1), (K, N))  # mean 0
+    bias = rng.integers(-4000, 4000, N)
+    rq = _requant(rng, N, zx, DType.int(2) if binary else DType.uint(8),
+                  -1 if binary else 0, 1 if binary else 255, 36, binary)
+    g = matmul_graph((*x_lead, K), w, bias, rq, acc_shift, a_q, w_q)
+    node = g.nodes[0]
+    node.meta["kernel"] = family
+    plan = plan_layer(node, family, host())
+    assert not plan.fused and plan.layout == "gemm"
+    lo, hi = (a_q.min, a_q.max)
+    x = rng.integers(lo, hi + 1, (*x_lead, K)).astype(g.inputs[0].dtype.numpy)
+    want = lowbit.run_reference(g, {"x": x})["y"]
+    assert len(np.unique(want)) > 1
+    assert_bit_exact(g, {"x": x})
+
+
+@pytest.mark.parametrize("family,x_lead", [("int8", (3,)), ("int8", (2, 3)), ("lut", (2, 1))])
+def test_qmatmul_fused_when_acc_shift_zero(family, x_lead):
+    """acc_shift 0: the family's own epilogue (bias and zx in its offset), x of any rank."""
+    rng = np.random.default_rng(3)
+    K, N = 70, 33
+    rq = _requant(rng, N, 2, DType.uint(8), 0, 255, 33)
+    g = matmul_graph((*x_lead, K), rng.integers(-7, 8, (K, N)), rng.integers(-99, 99, N), rq,
+                     0, uniform(8, False, 2), uniform(4, True))
+    assert plan_layer(g.nodes[0], family, host()).fused
+    g.nodes[0].meta["kernel"] = family
+    x = rng.integers(0, 256, (*x_lead, K)).astype(np.uint8)
+    assert len(np.unique(lowbit.run_reference(g, {"x": x})["y"])) > 5
+    assert_bit_exact(g, {"x": x})
+
+
+def test_extreme_codes_and_weights_no_overflow():
+    """All-max activations (zero point 0) x all-max weights, acc_shift 4: the raw dot product
+    K·255·127 fits int32, the shifted acc + bias needs int64: the epilogue keeps it exact."""
+    K, N = 4000, 17
+    w = np.full((K, N), 127)
+    rq = Requant(0, (), (), 0, DType.int(64), -(1 << 63), (1 << 63) - 1)
+    g = matmul_graph((1, K), w, np.full(N, 1 << 30), rq, 4, uniform(8, False),
+                     uniform(8, True), acc_dtype=DType.int(64))
+    g.nodes[0].meta["kernel"] = "int8"
+    x = np.full((1, K), 255, np.uint8)
+    got = run_tvm(g, {"x": x})["y"]
+    assert int(got[0, 0]) == ((255 * 127 * K) << 4) + (1 << 30)
+    np.testing.assert_array_equal(got, lowbit.run_reference(g, {"x": x})["y"])
+
+
+def conv_graph(x_shape, w, bias, rq, attrs_kw, a_q, w_q, out_shape) -> Graph:
+    g = Graph("qconv")
+    x = g.add_input("x", DType.uint(8) if not a_q.signed else DType.int(8), x_shape)
+    x.qtype = a_q
+    wv = g.add_const(w.astype(np.int8), "w")
+    wv.qtype = w_q
+    b = g.add_const(np.asarray(bias, np.int32), "b")
+    if len(rq.multiplier) > 1:
+        rq = replace(rq, axis=1)
+    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), **attrs_kw)
+    node = g.add_node(Op.QCONV, [x, wv, b], attrs, name="qconv", outputs=["y"],
+                      out_types=[(rq.out_dtype, out_shape)])
+    g.outputs = [node.outputs[0]]
+    return g
+
+
+@pytest.mark.parametrize("family,layout,a_bits,w_bits,dil,acc_shift,shift", [
+    ("int8", "conv", 8, 8, 1, 2, 38),
+    ("int8", "im2col", 8, 4, 2, 1, 36),
+    ("bitserial", "im2col", 2, 2, 1, 3, 34),
+    ("lut", "im2col", 8, 2, 1, 0, 34),
+])
+def test_qconv_families(family, layout, a_bits, w_bits, dil, acc_shift, shift):
+    """Dense conv, stride 2, asymmetric pads, zx != 0 (padding reads zx), odd channels."""
+    rng = np.random.default_rng(11)
+    B, C, H, W, OC, k = 2, 5, 9, 7, 13, 3
+    s, pads = 2, (1, 0, 2, 1)
+    OH = (H + pads[0] + pads[2] - dil * (k - 1) - 1) // s + 1
+    OW = (W + pads[1] + pads[3] - dil * (k - 1) - 1) // s + 1
+    zx = 1
+    a_q, w_q = uniform(a_bits, False, zx), uniform(w_bits, True)
+    w = rng.integers(1 - (1 << (w_bits - 1)), 1 << (w_bits - 1), (OC, C, k, k))  # mean 0
+    rq = _requant(rng, OC, zx, DType.uint(8), 0, 255, shift)
+    g = conv_graph((B, C, H, W), w, rng.integers(-900, 900, OC), rq,
+                   {"strides": (s, s), "pads": pads, "dilations": (dil, dil), "group": 1,
+                    "acc_shift": acc_shift}, a_q, w_q, (B, OC, OH, OW))
+    node = g.nodes[0]
+    plan = plan_layer(node, family, host())
+    assert plan.layout == layout
+    node.meta["kernel"] = family
+    x = rng.integers(0, 1 << a_bits, (B, C, H, W)).astype(np.uint8)
+    assert len(np.unique(lowbit.run_reference(g, {"x": x})["y"])) > 5
+    assert_bit_exact(g, {"x": x})
+
+
+def test_int8_depthwise_with_acc_shift():
+    rng = np.random.default_rng(5)
+    B, C, H, W = 1, 6, 8, 9
+    rq = _requant(rng, C, 3, DType.uint(8), 0, 255, 34)
+    g = conv_graph((B, C, H, W), rng.integers(-7, 8, (C, 1, 3, 3)), rng.integers(-50, 50, C),
+                   rq, {"strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1),
+                        "group": C, "acc_shift": 2}, uniform(8, False, 3), uniform(4, True),
+                   (B, C, H, W))
+    node = g.nodes[0]
+    assert plan_layer(node, "int8", host()).layout == "depthwise"
+    with pytest.raises(LoweringError, match="lut.*grouped conv"):
+        plan_layer(node, "lut", host())
+    node.meta["kernel"] = "int8"
+    x = rng.integers(0, 256, (B, C, H, W)).astype(np.uint8)
+    assert len(np.unique(lowbit.run_reference(g, {"x": x})["y"])) > 5
+    assert_bit_exact(g, {"x": x})
+
+
+def test_layers_no_family_takes():
+    """Grouped conv (not depthwise) stays on the reference kernel; forcing a family is a
+    LoweringError saying why."""
+    rng = np.random.default_rng(0)
+    rq = _requant(rng, 4, 0, DType.uint(8), 0, 255, 36)
+    base = {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "acc_shift": 1}
+    grouped = conv_graph((1, 4, 5, 5), rng.integers(-8, 8, (4, 2, 3, 3)), np.zeros(4), rq,
+                         {**base, "group": 2}, uniform(8, False), uniform(4, True), (1, 4, 3, 3))
+    with pytest.raises(LoweringError, match=r"qconv.*'int8'.*grouped conv \(group=2\)"):
+        plan_layer(grouped.nodes[0], "int8", host())
+    assert candidates(grouped.nodes[0], host())[0] == ["reference"]
+
+
+@pytest.mark.parametrize("stride,pads,binary_out", [(1, (1, 1, 1, 1), True),
+                                                    (2, (0, 1, 2, 1), False)])
+def test_binary_activations_padded_conv(stride, pads, binary_out):
+    """w1a1 conv with padding on bitserial XNOR-popcount: the im2col pads with +1 codes and the
+    epilogue subtracts the border taps (the real padding value is 0, no +-1 code)."""
+    rng = np.random.default_rng(stride)
+    B, C, H, W, OC, k = 2, 37, 6, 7, 9, 3
+    OH = (H + pads[0] + pads[2] - k) // stride + 1
+    OW = (W + pads[1] + pads[3] - k) // stride + 1
+    binary = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    if binary_out:
+        rq = Requant(0, (), (), 0, DType.int(2), -1, 1, binary=True)
+    else:
+        rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    g = conv_graph((B, C, H, W), rng.choice([-1, 1], (OC, C, k, k)), rng.integers(-9, 9, OC),
+                   rq, {"strides": (stride, stride), "pads": pads, "dilations": (1, 1),
+                        "group": 1, "acc_shift": 1}, binary, binary, (B, OC, OH, OW))
+    node = g.nodes[0]
+    plan = plan_layer(node, "bitserial", host())
+    assert plan.layout == "im2col" and plan.pad_code == 1 and plan.border is not None
+    assert candidates(node, host())[0] == ["bitserial", "reference"]
+    node.meta["kernel"] = "bitserial"
+    x = rng.choice(np.array([-1, 1], np.int8), (B, C, H, W))
+    want = lowbit.run_reference(g, {"x": x})["y"]
+    assert len(np.unique(want)) > 1
+    assert_bit_exact(g, {"x": x})
+
+
+def test_arm64_graph_uses_neon_family_kernels():
+    """Static selection for arm64 puts the w2a2 convs on bitserial (the popcount is NEON
+    ``cnt``), and the graph compiles to an AArch64 object."""
+    graph = quantized_cnn("w2a2")
+    choices = select_kernels(graph, "arm64", measure=False)
+    assert sorted(c.family for c in choices.values()) == ["bitserial", "bitserial", "int8",
+                                                          "int8"]
+    ex = build(graph, "arm64")
+    asm = "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
+    assert "cnt\t" in asm or "cnt " in asm
+    assert "%rax" not in asm

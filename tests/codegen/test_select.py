@@ -1,0 +1,156 @@
+"""Kernel selection (codegen/select.py): candidates per layer, static order, measured choice
+with an on-disk cache, forced families, and the IR printer's ``# kernel=`` note."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import lowbit
+import numpy as np
+import pytest
+from lowbit.codegen import select
+from lowbit.codegen.select import STATIC_PREFERENCE, KernelChoice, MeasurementCache, select_kernels
+from lowbit.compiler.recipes import preset
+from lowbit.ir import Graph, LoweringError, Op
+
+tvm = pytest.importorskip("tvm")
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+_GRAPHS: dict = {}
+
+
+def cnn(quant: str) -> Graph:
+    """digits_cnn at ``quant`` (no reconstruction), a fresh copy per call."""
+    if quant not in _GRAPHS:
+        recipe = preset(quant)
+        recipe = replace(recipe, ptq=replace(recipe.ptq, reconstruct=False))
+        _GRAPHS[quant] = lowbit.quantize(EXAMPLES / "digits_cnn.onnx", recipe=recipe,
+                                         calib=str(EXAMPLES / "digits_calib.npz"),
+                                         input_shapes={"input": (8, 1, 8, 8)})
+    return _GRAPHS[quant].copy()
+
+
+def layers(graph: Graph):
+    return [n for n in graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
+
+
+def test_static_selection_records_candidates_and_prints():
+    graph = cnn("w2a2")
+    choices = select_kernels(graph, "x86", measure=False)
+    assert set(choices) == {n.name for n in layers(graph)}
+    conv3 = layers(graph)[1]
+    c = choices[conv3.name]
+    assert isinstance(c, KernelChoice) and c.family == "bitserial" and c.source == "static"
+    assert [f for f, _ in c.candidates] == ["bitserial", "int8", "lut", "reference"]
+    assert dict(c.rejected)["shiftadd"].startswith("it does not accept")
+    assert "kernel_us" not in conv3.meta
+    assert "# " in str(graph) and "kernel=bitserial" in str(graph)
+    assert STATIC_PREFERENCE[0] == "bitserial"
+
+
+def test_measured_selection_caches_to_disk(tmp_path, monkeypatch):
+    """measure=True times every candidate once (reference included), picks the fastest,
+    writes kernels.json; a second selection reads the cache and times nothing."""
+    graph = cnn("int8")
+    first = select_kernels(graph, "x86", cache_dir=tmp_path, measure=True)
+    for node in layers(graph):
+        c = first[node.name]
+        assert c.source == "measured"
+        times = dict(c.candidates)
+        assert set(times) == {"int8", "reference"} and all(t > 0 for t in times.values())
+        assert c.family == min(times, key=lambda f: (times[f], f))
+        assert node.meta["kernel"] == c.family
+        assert node.meta["kernel_us"] == pytest.approx(times[c.family], abs=1e-3)
+    conv_times = dict(first[layers(graph)[1].name].candidates)
+    assert conv_times["int8"] < conv_times["reference"]  # the scheduled GEMM wins a real conv
+    data = json.loads((tmp_path / "kernels.json").read_text())["entries"]
+    assert len(data) == 8 and all("lowbit=" in k and "target=x86" in k for k in data)
+
+    def no_timing(*args):
+        raise AssertionError("a cached layer was timed again")
+
+    monkeypatch.setattr(select, "measure_layer", no_timing)
+    again = cnn("int8")
+    second = select_kernels(again, "x86", cache_dir=tmp_path, measure=True)
+    assert all(c.source == "cached" for c in second.values())
+    assert {k: c.family for k, c in second.items()} == {k: c.family for k, c in first.items()}
+
+
+def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch):
+    """Equal times: the alphabetically first family wins; without cache_dir the cache lives
+    under $XDG_CACHE_HOME/lowbit/kernels.json."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def fixed(node, family, target):
+        calls.append((node.name, family))
+        return 5.0
+
+    monkeypatch.setattr(select, "measure_layer", fixed)
+    graph = cnn("w2a2")
+    choices = select_kernels(graph, "x86", measure=True)
+    assert choices[layers(graph)[1].name].family == "bitserial"  # < int8 < lut < reference
+    assert choices[layers(graph)[0].name].family == "int8"
+    assert (tmp_path / "lowbit" / "kernels.json").exists()
+    assert len(calls) == 2 + 4 + 4 + 2
+
+
+def test_forced_family_is_honoured():
+    graph = cnn("w2a2")
+    conv3, conv7 = layers(graph)[1:3]
+    choices = select_kernels(graph, "x86", measure=False,
+                             forced={conv3.name: "lut", conv7.name: "reference"})
+    assert conv3.meta["kernel"] == "lut" and choices[conv3.name].source == "forced"
+    assert conv7.meta["kernel"] == "reference"
+
+
+def test_forced_family_that_cannot_take_the_layer():
+    graph = cnn("int8")
+    conv = layers(graph)[1]
+    with pytest.raises(LoweringError, match=rf"{conv.name}.*'bitserial'.*does not accept"):
+        select_kernels(graph, "x86", measure=False, forced={conv.name: "bitserial"})
+    with pytest.raises(LoweringError, match="unknown kernel family 'nope'"):
+        select_kernels(graph, "x86", measure=False, forced={conv.name: "nope"})
+    with pytest.raises(LoweringError, match="no QConv / QMatMul of that name"):
+        select_kernels(graph, "x86", measure=False, forced={"missing": "int8"})
+
+
+def test_cross_target_is_not_measured(monkeypatch):
+    """arm64 code cannot run here: the static order applies even with measure=True, and
+    families without an ARM path (shiftadd_int8: VNNI only) are not candidates."""
+    monkeypatch.setattr(select, "measure_layer", lambda *a: pytest.fail("timed on arm64"))
+    graph = cnn("pow2")
+    choices = select_kernels(graph, "arm64", measure=True)
+    conv = layers(graph)[1]
+    assert choices[conv.name].family == "shiftadd" and choices[conv.name].source == "static"
+    assert "shiftadd_int8" in dict(choices[conv.name].rejected)
+
+
+def test_cache_file_is_replaced_atomically(tmp_path):
+    path = tmp_path / "sub" / "kernels.json"
+    a, b = MeasurementCache(path), MeasurementCache(path)
+    a.put("k1", 1.5)
+    a.save()
+    b.put("k2", 2.5)
+    b.save()  # merges with what a wrote
+    assert json.loads(path.read_text())["entries"] == {"k1": 1.5, "k2": 2.5}
+    assert [p.name for p in path.parent.iterdir()] == ["kernels.json"]
+    path.write_text("not json")
+    assert MeasurementCache(path).entries == {}
+
+
+def test_selected_graph_builds_bit_exact():
+    """select -> build -> run: the selected graph equals the integer simulator."""
+    from lowbit.codegen.build import build
+    from tvm import relax
+
+    graph = cnn("ternary")
+    select_kernels(graph, "x86", measure=False)
+    assert layers(graph)[1].meta["kernel"] == "lut"
+    x = np.load(EXAMPLES / "digits_calib.npz")["input"][:8].astype(np.float32)
+    vm = relax.VirtualMachine(build(graph, "x86"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    want = lowbit.run_reference(graph, {"input": x})[graph.outputs[0].name]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
