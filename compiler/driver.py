@@ -5,6 +5,8 @@ Stages (each timed, in this order; the CLI shows them as a progress display)::
     import    ONNX -> lowbit IR (input shapes bound)          compiler.onnx_import
     passes    the default cleanup pipeline (BN folded, ...)   passes.default_pipeline
     quantize  insert fake-quant, calibrate, [PTQ], fold       compiler.quantize (skipped: "none")
+    select    each QConv/QMatMul's kernel family, by speed    codegen.select.select_kernels
+              measured at its shape (disk-cached; a recipe's per-layer ``kernel`` wins)
     lower     integer/float IR -> Relax ``main``              codegen.lower.lower
     compile   TVM's Relax pipeline + LLVM, then link the .so  tvm.compile + export_library
     save      the single-file artifact (``Artifact.save``)    CLI only; lowbit.compile returns
@@ -38,7 +40,7 @@ from ..ir import Graph, Op
 from ..ir.errors import QuantizationError
 from ..runtime.artifact import Artifact, PlanRow, TargetSpec, TensorSpec, host_arch
 
-STAGES = ("import", "passes", "quantize", "lower", "compile", "save")
+STAGES = ("import", "passes", "quantize", "select", "lower", "compile", "save")
 #: the IR ops that are "quantized layers" in the plan
 PLANNED_OPS = frozenset({Op.QCONV, Op.QMATMUL})
 
@@ -246,6 +248,11 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
         with log.stage("quantize", recipe and "recipe" or quant):
             graph = quantize(graph, quant=quant, calib=calib, recipe=recipe,
                              dump_ir=None if dump is None else dump / "quantize")
+    if any(n.op in PLANNED_OPS for n in graph.nodes):
+        with log.stage("select", "kernels by measured speed"):
+            _select(graph, tgt)
+    else:
+        log.skip("select", "no quantized layers")
     if dump is not None:
         _write_text(dump / "final.txt", str(graph))
     with log.stage("lower", tgt.name):
@@ -259,6 +266,17 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                         outputs=tensor_specs(graph.outputs), payload=payload,
                         plan=plan_rows(graph))
     return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]))
+
+
+def _select(graph: Graph, target) -> None:
+    """Pick each QConv / QMatMul's kernel family by measured speed at its shape on ``target``
+    (cached on disk; :func:`lowbit.codegen.select.select_kernels`); a recipe's per-layer
+    ``kernel`` (carried as ``node.meta["kernel_forced"]``) wins."""
+    from ..codegen.select import select_kernels
+
+    forced = {n.name: n.meta["kernel_forced"] for n in graph.nodes
+              if "kernel_forced" in n.meta}
+    select_kernels(graph, target, forced=forced or None)
 
 
 def _lower(graph: Graph, target):

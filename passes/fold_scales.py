@@ -139,6 +139,10 @@ CODE_PRESERVING = frozenset({
 #: real-valued clamps folded into the requant range
 CLAMPS = frozenset({Op.RELU, Op.CLIP})
 
+#: node.meta keys a quantized layer carries over to its QConv / QMatMul (the recipe rule that
+#: chose its format, and a kernel family forced by the recipe)
+_LAYER_META = ("quant_rule", "quant_spec", "kernel_forced")
+
 
 # -- integer weights ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -668,6 +672,9 @@ class _Folder:
                                   outputs=[old_out.name + "_q"]).output
             new.qtype = self._out_qtype(q, rq)
             self._finish_chain(new, plan, q)
+        for key in _LAYER_META:
+            if key in node.meta:
+                new.producer.meta[key] = node.meta[key]
         if id(node) in self.bias_add:
             self.skip.add(id(self.bias_add[id(node)]))
 

@@ -161,6 +161,8 @@ class InsertFakeQuant(Pass):
                 rule += " (ConvTranspose: int8 only)"
             node.meta["quant_rule"] = rule
             node.meta["quant_spec"] = _describe(spec)
+            if spec.kernel is not None:
+                node.meta["kernel_forced"] = spec.kernel  # honoured by codegen.select_kernels
             plan.append((node, spec))
         if not plan:
             return PassResult(graph, False)

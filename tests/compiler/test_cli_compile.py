@@ -58,7 +58,8 @@ def test_compile_writes_artifact_and_shows_stages(work):
     # not a terminal: one plain line per stage, in order, with its time
     stage_lines = [line.split()[1] for line in err.splitlines() if line.endswith(")")
                    or line.rstrip().endswith(" s")]
-    assert stage_lines[:6] == ["import", "passes", "quantize", "lower", "compile", "save"]
+    assert stage_lines[:7] == ["import", "passes", "quantize", "select", "lower", "compile",
+                               "save"]
     assert "wrote" in err.splitlines()[-1]
     assert "def main(" in (folder / "dump" / "relax.py").read_text()
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

@@ -66,12 +66,16 @@ def test_manifest_plan_and_specs(compiled):
     w_bits = [dict(r.details)["w_bits"] for r in art.plan]
     # first and last layer stay int8 in every preset; the middle ones follow the preset
     assert w_bits == ([8, 8, 8, 8] if quant == "int8" else [8, 4, 4, 8])
+    assert any(row.kernel != "reference" for row in art.plan)  # a fast family took some layer
     for row in art.plan:
         details = dict(row.details)
-        assert row.kernel == "reference" and row.op in ("QConv", "QMatMul")
+        # the plan records the family select_kernels measured fastest for each layer
+        assert row.kernel == result.graph.node_by_name(row.layer).meta["kernel"]
+        assert row.kernel in {"int8", "lut", "bitserial", "shiftadd", "shiftadd_int8",
+                              "reference"} and row.op in ("QConv", "QMatMul")
         assert details["format"] == "uniform" and details["a_bits"] == 8
         assert details["acc"] in ("int32", "int64")
-    assert tuple(name for name, _ in result.times) == STAGES[:5]
+    assert tuple(name for name, _ in result.times) == STAGES[:6]
 
 
 def test_quant_none_equals_onnxruntime(tmp_path):
@@ -101,11 +105,11 @@ def test_stage_logs_time_every_stage_in_order(tmp_path):
     log = PlainStageLog(stream)
     result = compile_model(MODEL, "x86", "none", None, None, SHAPES, log=log)
     lines = stream.getvalue().splitlines()
-    assert [line.split()[1] for line in lines] == list(STAGES[:5])
+    assert [line.split()[1] for line in lines] == list(STAGES[:6])
     assert "skipped" in lines[2] and all(s >= 0 for _, s in result.times)
     # a second compile on the same log reports only its own stages
     again = compile_model(MODEL, "x86", "none", None, None, SHAPES, log=log)
-    assert len(again.times) == 5 and len(log.times) == 10
+    assert len(again.times) == 6 and len(log.times) == 12
 
 
 def test_failed_stage_is_not_recorded():
@@ -148,8 +152,8 @@ def test_rich_stage_log_on_a_terminal():
     finally:
         log.close()
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buffer.getvalue())
-    final = text.splitlines()[-5:]
-    assert [line.split()[1] for line in final] == list(STAGES[:5])
+    final = text.splitlines()[-6:]
+    assert [line.split()[1] for line in final] == list(STAGES[:6])
     assert all(line.startswith("✓") for line in final), final
     assert "skipped (--quant none)" in final[2]
     # not a terminal: plain lines; quiet: nothing
