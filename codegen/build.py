@@ -2,11 +2,12 @@
 
 Steps: resolve the target (:func:`lowbit.codegen.target.resolve_target`), lower the graph to
 Relax (:func:`lowbit.codegen.lower.lower`), run TVM's default Relax pipeline for the target
-with the ``tvm.s_tir.dlight`` CPU rules (GEMV, reduction) applied right after legalization on
-CPU targets (ops no rule matches stay unscheduled: correctness first), then ``tvm.compile``
-against ``tvm.target.Target(target_dict)``. The result is a ``tvm.runtime.Executable``: run it
-with ``tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](...)`` or save it with
-``ex.export_library(path)`` (weights are Relax constants inside it).
+with lowbit's CPU schedule rules (:mod:`lowbit.codegen.schedules`: register-tiled
+conv / matmul / pooling, row reductions, fused elementwise) applied right after legalization
+and fusion on CPU targets (PrimFuncs no rule matches stay unscheduled: correctness first), then
+``tvm.compile`` against ``tvm.target.Target(target_dict)``. The result is a
+``tvm.runtime.Executable``: run it with ``tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](...)``
+or save it with ``ex.export_library(path)`` (weights are Relax constants inside it).
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ from .lower import lower
 from .target import Target, resolve_target
 
 
-def relax_pipeline(target: Target):
-    """TVM's default Relax pipeline for ``target`` plus dlight's CPU rules on llvm targets."""
+def relax_pipeline(target: Target, schedule: bool = True):
+    """TVM's default Relax pipeline for ``target`` plus lowbit's CPU schedule rules on llvm
+    targets (``schedule=False``: without them, TVM's unscheduled default, for benchmarks)."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
-    from tvm.s_tir import dlight as dl
+
+    from .schedules import apply_cpu_schedules
 
     tvm_target = target.tvm_target()
-    if target.kind != "llvm":
+    if target.kind != "llvm" or not schedule:
         return relax.pipeline.get_default_pipeline(tvm_target)
 
     @tvm.transform.module_pass(opt_level=0, name="lowbit_cpu_pipeline")
@@ -32,7 +35,7 @@ def relax_pipeline(target: Target):
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(tvm_target)
                 + cpu_generic.legalize_passes(tvm_target)
-                + [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + [apply_cpu_schedules()]
                 + cpu_generic.dataflow_lower_passes(tvm_target)
                 + cpu_generic.finalize_passes(tvm_target))
             return seq(mod)

@@ -1,0 +1,143 @@
+"""Schedule rule for PrimFuncs whose blocks are all spatial (elementwise, broadcast, reshape,
+transpose, pad, resize, cast, quantize / dequantize / requantize epilogues).
+
+Rule: inline every block that can be inlined into its consumer (``compute_inline``, then
+``reverse_compute_inline``), so a fused elementwise chain becomes one loop nest; for each block
+left: vectorize the innermost loop when every access along it is a unit-stride run in the
+last dimension (split by the SIMD lanes when they divide it, whole when it is at most four
+vectors long: no tail predicates; gathers — resize, transpose — are left to LLVM), fuse the
+outer loops and run them in parallel. Each output element is still computed by the same
+scalar expression, so results are unchanged bit for bit.
+"""
+
+from __future__ import annotations
+
+from . import register_rule
+from .analysis import blocks_of, buffer_index_vars, unit_stride, vector_lanes
+
+
+def inline_all(sch, blocks) -> list:
+    """Inline every block that allows it; returns the facts of the blocks left."""
+    from tvm.s_tir.schedule import ScheduleError
+
+    changed = True
+    while changed:
+        changed = False
+        facts = blocks_of(sch) or []
+        if len(facts) <= 1:
+            return facts
+        for fact in facts[:-1]:
+            try:
+                sch.compute_inline(fact.block)
+                changed = True
+                break
+            except ScheduleError:
+                continue
+        if changed:
+            continue
+        for fact in facts[1:]:
+            if not fact.injective:
+                continue
+            try:
+                sch.reverse_compute_inline(fact.block)
+                changed = True
+                break
+            except ScheduleError:
+                continue
+    return blocks_of(sch) or []
+
+
+def parallel_vectorize(sch, block, target, dtype_bits: int, parallel: bool = True) -> None:
+    """Vectorize the block's innermost loop (split by ``lanes`` when it divides the extent;
+    whole when it is short), fuse the loops outside it and run them in parallel. The innermost
+    loop stays whole so contiguous rows stay contiguous vector loads (fusing it with the outer
+    loops would turn every index into a div / mod)."""
+    from tvm import tirx
+
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extent = sch.get(loops[-1]).extent
+    lanes = vector_lanes(target, dtype_bits)
+    outer = list(loops[:-1])
+    if isinstance(extent, tirx.IntImm) and _contiguous(sch, block, loops[-1]):
+        extent = int(extent)
+        if extent > lanes and extent % lanes == 0:
+            rest, inner = sch.split(loops[-1], factors=[None, lanes])
+            sch.vectorize(inner)
+            if not outer:
+                outer = [rest]
+        elif 1 < extent <= 4 * lanes:
+            sch.vectorize(loops[-1])
+        elif not outer:
+            outer = [loops[-1]]
+    if parallel and outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _contiguous(sch, block, loop) -> bool:
+    """True when every buffer the block touches is indexed by ``loop``'s iterator only in its
+    last dimension and with unit stride (vector loads / stores; gathers such as resize or
+    transpose are left to LLVM)."""
+    stmt = sch.get(block)
+    var = next((iv.var for iv, value in zip(stmt.iter_vars, _bindings(sch, block))
+                if value.same_as(sch.get(loop).loop_var)), None)
+    if var is None:
+        return False
+    for region in list(stmt.reads) + list(stmt.writes):
+        if not all(_is_one(rng.extent) for rng in region.region):
+            return False  # a data-dependent index (resize, gather): region is a whole range
+        dims = buffer_index_vars(region, var)
+        if not dims:
+            continue
+        if dims != [len(region.region) - 1] or not unit_stride(region.region[-1].min, var):
+            return False
+    return True
+
+
+def _is_one(expr) -> bool:
+    try:
+        return int(expr) == 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _bindings(sch, block):
+    from tvm import s_tir
+
+    body = sch.get(sch.get_loops(block)[-1]).body
+    return list(body.iter_values) if isinstance(body, s_tir.SBlockRealize) else []
+
+
+def written_bits(sch, block) -> int:
+    """Bit width of the dtype a block writes (32 when it writes nothing)."""
+    writes = sch.get(block).writes
+    return writes[0].source.dtype.bits if writes else 32
+
+
+class Injective:
+    """Every block spatial -> inline chain, then fused parallel + vectorized loops."""
+
+    def apply(self, func, target, _tunable):
+        from tvm import s_tir
+        from tvm.s_tir.schedule import ScheduleError
+
+        if target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        facts = blocks_of(sch)
+        if not facts or not all(f.injective and f.simple for f in facts):
+            return None
+        try:
+            for fact in inline_all(sch, facts):
+                parallel_vectorize(sch, fact.block, target, written_bits(sch, fact.block))
+        except ScheduleError:
+            return None  # a form the primitives refuse: leave the PrimFunc as it is
+        return sch
+
+
+@register_rule("injective", priority=40)
+def _rule():
+    from tvm.s_tir import dlight as dl
+
+    return type("InjectiveRule", (Injective, dl.ScheduleRule), {})()
