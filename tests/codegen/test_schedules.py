@@ -65,6 +65,26 @@ def test_injective_elementwise_chain_broadcast():
     np.testing.assert_allclose(got, np.maximum(xs * as_ + as_, 0) * xs, rtol=1e-5, atol=1e-6)
 
 
+def test_injective_keeps_a_producer_read_many_times_materialized():
+    """A 3x3 im2col gather reads every element of its producer 9 times: the elementwise chain
+    before it (scale, sign) must stay its own loop nest, not be recomputed per read."""
+    from lowbit.codegen.schedules.analysis import blocks_of
+
+    x = te.placeholder((1, 4, 6, 6), name="x")
+    s = te.compute(x.shape, lambda n, c, h, w: tvm.tirx.if_then_else(
+        x[n, c, h, w] * 2.0 >= 0.0, 1.0, -1.0), name="sign")
+    cols = te.compute((1, 4, 3, 3, 4, 4),
+                      lambda n, c, kh, kw, h, w: s[n, c, h + kh, w + kw], name="im2col")
+    func = te.create_prim_func([x, cols])
+    name, sch = schedule_func(func, TARGET)
+    assert name == "injective"
+    assert len(blocks_of(sch)) == 2  # sign stays a block of its own
+    xs = _f32(1, 4, 6, 6)
+    empty = np.zeros((1, 4, 3, 3, 4, 4), np.float32)
+    np.testing.assert_array_equal(_run(sch.mod["main"], [xs, empty.copy()]),
+                                  _run(func, [xs, empty.copy()]))
+
+
 def test_injective_vectorizes_long_rows():
     x = te.placeholder((3, 64), name="x")
     y = topi.sigmoid(x)
