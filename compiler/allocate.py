@@ -1,0 +1,378 @@
+"""The bit / format / kernel allocator of ``--quant auto``: an ILP over a sensitivity table.
+
+Given a :class:`~lowbit.passes.analysis.sensitivity.SensitivityTable` (layers ``l``,
+candidates ``c``, damage ``s[l, c]``, packed weight bytes ``B[l, c]``), per-candidate latencies
+``T[l, c]`` (ms, ``costs``) and a :class:`Budget`, :func:`allocate` solves::
+
+    minimise    sum_{l,c} s[l,c] x[l,c]
+    subject to  sum_c x[l,c] = 1                      for every layer      (one-hot rows)
+                sum_{l,c} B[l,c] x[l,c] <= size       bytes (or ratio * fp32 weight bytes)
+                sum_{l,c} T[l,c] x[l,c] <= latency    ms (or ratio * latency of the int8 plan)
+                sum_{l,c} b[c] P[l] x[l,c] <= bits * sum_l P[l]     (parameter-weighted mean)
+                x[l,c] in {0, 1}
+
+with ``b[c]`` the candidate's weight bits and ``P[l]`` the layer's parameter count, using
+``scipy.optimize.milp`` (HiGHS). The *int8 plan* takes, per layer, the fastest candidate with
+uniform 8-bit weights and 8-bit activations. The solution is checked against every budget
+exactly (integer bytes for ``size``) and the ILP re-solved with a tightened row if a solver
+tolerance let it slip. Same table, costs and budget -> same plan.
+
+Budgets parse from the CLI string or a dict (:func:`parse_budget`): ``size=0.25`` (ratio of
+fp32 weight bytes; a value > 1 or with a ``B`` / ``kB`` / ``MB`` suffix is bytes),
+``latency=0.6x`` (ratio of the int8 plan) or ``latency=2.5ms``, ``bits=3.0``. An infeasible
+budget raises :class:`QuantizationError` stating, for every budget given, the smallest feasible
+value: ``sum_l min_c`` of that dimension (each dimension alone is separable per layer).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..ir.errors import QuantizationError
+from .recipes import Recipe, preset, save_recipe
+
+if TYPE_CHECKING:
+    from ..passes.analysis.sensitivity import SensitivityTable
+
+BUDGET_KEYS = ("size", "latency", "bits")
+_BYTE_UNITS = {"b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Upper bounds; None = unconstrained. ``size`` in bytes when ``size_unit == "bytes"`` else a
+    ratio of fp32 weight bytes; ``latency`` in ms when ``latency_unit == "ms"`` else a ratio of
+    the int8 plan's latency; ``bits`` the parameter-weighted mean weight bits."""
+
+    size: float | None = None
+    size_unit: str = "ratio"
+    latency: float | None = None
+    latency_unit: str = "x"
+    bits: float | None = None
+
+    def __post_init__(self):
+        if self.size_unit not in ("ratio", "bytes"):
+            raise QuantizationError(f"budget size unit {self.size_unit!r}: use ratio or bytes")
+        if self.latency_unit not in ("x", "ms"):
+            raise QuantizationError(f"budget latency unit {self.latency_unit!r}: use x or ms")
+        for key in BUDGET_KEYS:
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise QuantizationError(f"budget {key}={value!r}: must be a positive number")
+
+    def __str__(self) -> str:
+        parts = []
+        if self.size is not None:
+            parts.append(f"size={_fmt_size(self.size, self.size_unit)}")
+        if self.latency is not None:
+            parts.append(f"latency={_fmt_latency(self.latency, self.latency_unit)}")
+        if self.bits is not None:
+            parts.append(f"bits={self.bits:g}")
+        return ",".join(parts) or "(no budget)"
+
+
+def _fmt_size(value: float, unit: str) -> str:
+    return f"{int(value)}B" if unit == "bytes" else f"{value:g}"
+
+
+def _fmt_latency(value: float, unit: str) -> str:
+    return f"{value:g}ms" if unit == "ms" else f"{value:g}x"
+
+
+def _number(text: str, key: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise QuantizationError(
+            f"budget {spec!r}: {key} value {text!r} is not a number; e.g. size=0.25, "
+            f"latency=0.6x, latency=2.5ms, bits=3.0") from None
+
+
+def _parse_one(budget: dict, key: str, raw, spec: str) -> None:
+    if key not in BUDGET_KEYS:
+        raise QuantizationError(
+            f"budget {spec!r}: unknown budget {key!r}; budgets are {', '.join(BUDGET_KEYS)}")
+    if key in budget:
+        raise QuantizationError(f"budget {spec!r}: {key} is given twice")
+    text = str(raw).strip().lower().replace("_", "")
+    if key == "size":
+        match = re.fullmatch(r"([0-9.e+-]+)\s*(b|kb|mb|gb)?", text)
+        if not match:
+            raise QuantizationError(
+                f"budget {spec!r}: size={raw!r}; use a ratio of fp32 (size=0.25) or bytes "
+                f"(size=120000, size=120kB)")
+        value = _number(match.group(1), key, spec)
+        if match.group(2):
+            budget["size"], budget["size_unit"] = value * _BYTE_UNITS[match.group(2)], "bytes"
+        else:
+            budget["size"], budget["size_unit"] = value, "ratio" if value <= 1 else "bytes"
+    elif key == "latency":
+        if text.endswith("ms"):
+            budget["latency"], budget["latency_unit"] = _number(text[:-2], key, spec), "ms"
+        elif text.endswith("x"):
+            budget["latency"], budget["latency_unit"] = _number(text[:-1], key, spec), "x"
+        else:
+            raise QuantizationError(
+                f"budget {spec!r}: latency={raw!r} needs a unit: 'x' (ratio of the int8 "
+                f"plan, latency=0.6x) or 'ms' (latency=2.5ms)")
+    else:
+        budget["bits"] = _number(text, key, spec)
+
+
+def parse_budget(spec) -> Budget:
+    """A :class:`Budget` from ``"size=0.25,latency=0.6x,bits=3.0"``, a dict
+    ``{"size": 0.25, "latency": "2.5ms"}`` or a Budget (returned as is)."""
+    if isinstance(spec, Budget):
+        return spec
+    fields: dict = {}
+    if isinstance(spec, str):
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            if "=" not in part:
+                raise QuantizationError(
+                    f"budget {spec!r}: {part!r} is not key=value; e.g. size=0.25,latency=0.6x")
+            key, value = part.split("=", 1)
+            _parse_one(fields, key.strip(), value, spec)
+    elif isinstance(spec, Mapping):
+        for key, value in spec.items():
+            _parse_one(fields, str(key), value, str(dict(spec)))
+    else:
+        raise QuantizationError(
+            f"budget of type {type(spec).__name__}: pass a string like 'size=0.25' or a dict")
+    if not any(k in fields for k in BUDGET_KEYS):
+        raise QuantizationError(
+            f"budget {spec!r} sets nothing; give size=, latency= and/or bits=")
+    return Budget(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRow:
+    """One layer of a plan: weight ``format`` and ``bits`` (e.g. ``uniform``, ``w4a8``), kernel
+    (``auto`` when the selector chooses), sensitivity, latency (ms, None when unknown) and
+    packed weight bytes."""
+
+    layer: str
+    format: str
+    bits: str
+    kernel: str
+    sensitivity: float
+    latency_ms: float | None
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen candidate index per layer (``choice[l]`` into ``table.candidates``), with the
+    table, the latency matrix (None without costs) and the budget it satisfies."""
+
+    table: SensitivityTable
+    choice: tuple[int, ...]
+    latency: np.ndarray | None
+    budget: Budget
+
+    @property
+    def candidates(self) -> dict[str, str]:
+        """layer name -> chosen candidate name."""
+        return {info.name: self.table.candidates[c].name
+                for info, c in zip(self.table.layers, self.choice)}
+
+    def _pick(self, matrix: np.ndarray) -> float:
+        return float(sum(matrix[l, c] for l, c in enumerate(self.choice)))
+
+    @property
+    def sensitivity(self) -> float:
+        """Summed sensitivity of the chosen candidates (the ILP objective)."""
+        return self._pick(self.table.sensitivity)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Packed weight bytes of all layers (as ``weight_size(...).packed`` counts them)."""
+        return round(self._pick(self.table.weight_bytes))
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.latency is None else self._pick(self.latency)
+
+    @property
+    def mean_bits(self) -> float:
+        """Parameter-weighted mean weight bits."""
+        params = np.array([i.params for i in self.table.layers], dtype=np.float64)
+        bits = np.array([self.table.candidates[c].weights.bits for c in self.choice])
+        return float(np.dot(params, bits) / params.sum())
+
+    def to_recipe(self) -> Recipe:
+        """A recipe that quantizes exactly the planned layers at their candidates: base
+        ``preset("none")`` (everything else float, no first/last rule, no PTQ) plus one
+        ``nodes`` override per layer. Reusable with ``--recipe``."""
+        nodes = {info.name: self.table.candidates[c].override
+                 for info, c in zip(self.table.layers, self.choice)}
+        return replace(preset("none"), nodes=nodes)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_recipe` as TOML / JSON (by suffix), atomically."""
+        return save_recipe(self.to_recipe(), path)
+
+    def rows(self) -> list[AllocationRow]:
+        """One row per layer, in graph order."""
+        out = []
+        for l, (info, c) in enumerate(zip(self.table.layers, self.choice)):
+            cand = self.table.candidates[c]
+            out.append(AllocationRow(
+                info.name, cand.weights.format,
+                f"w{cand.weights.bits}a{cand.activations.bits}", cand.kernel or "auto",
+                float(self.table.sensitivity[l, c]),
+                None if self.latency is None else float(self.latency[l, c]),
+                round(self.table.weight_bytes[l, c])))
+        return out
+
+
+def _latency_matrix(table, costs) -> np.ndarray | None:
+    if costs is None:
+        return None
+    shape = (len(table.layers), len(table.candidates))
+    if isinstance(costs, Mapping):
+        matrix = np.full(shape, np.nan)
+        for l, info in enumerate(table.layers):
+            for c, cand in enumerate(table.candidates):
+                if (info.name, cand.name) in costs:
+                    matrix[l, c] = float(costs[(info.name, cand.name)])
+        missing = [(table.layers[l].name, table.candidates[c].name)
+                   for l, c in zip(*np.nonzero(np.isnan(matrix)))]
+        if missing:
+            raise QuantizationError(
+                f"costs has no latency for {len(missing)} (layer, candidate) pairs, e.g. "
+                f"{missing[0]}; give every pair of the sensitivity table")
+    else:
+        matrix = np.array(costs, dtype=np.float64)
+        if matrix.shape != shape:
+            raise QuantizationError(
+                f"costs has shape {matrix.shape}; expected {shape} (layers x candidates, ms)")
+    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
+        raise QuantizationError("costs: every latency must be a finite number of ms >= 0")
+    return matrix
+
+
+def int8_latency(table, latency: np.ndarray) -> float:
+    """Latency (ms) of the int8 plan: per layer the fastest w8a8 uniform candidate."""
+    int8 = [c for c, cand in enumerate(table.candidates)
+            if cand.weights.format == "uniform" and cand.weights.bits == 8
+            and cand.activations.format == "uniform" and cand.activations.bits == 8]
+    if not int8:
+        raise QuantizationError(
+            "latency=...x is a ratio of the int8 plan, but no candidate is uniform w8a8; add "
+            "one or give the latency budget in ms (latency=2.5ms)")
+    return float(latency[:, int8].min(axis=1).sum())
+
+
+def _rows(table, latency, budget: Budget):
+    """(name, coefficient matrix, limit, exact-unit text) per budget given."""
+    params = np.array([i.params for i in table.layers], dtype=np.float64)
+    fp32 = float(sum(i.fp32_bytes for i in table.layers))
+    rows = []
+    if budget.size is not None:
+        limit = budget.size if budget.size_unit == "bytes" else budget.size * fp32
+        rows.append(("size", np.asarray(table.weight_bytes, dtype=np.float64),
+                     float(math.floor(limit + 1e-9))))
+    if budget.latency is not None:
+        if latency is None:
+            raise QuantizationError(
+                "a latency budget needs per-candidate latencies: pass costs= "
+                "{(layer, candidate): ms}")
+        limit = budget.latency if budget.latency_unit == "ms" \
+            else budget.latency * int8_latency(table, latency)
+        rows.append(("latency", latency, limit))
+    if budget.bits is not None:
+        bits = np.array([c.weights.bits for c in table.candidates], dtype=np.float64)
+        rows.append(("bits", np.outer(params, bits), budget.bits * params.sum()))
+    return rows
+
+
+def _up(value: float, digits: int = 4) -> float:
+    """``value`` rounded up to ``digits`` decimals (a suggested budget must itself be met)."""
+    return math.ceil(value * 10 ** digits - 1e-6) / 10 ** digits
+
+
+def _smallest(table, latency, budget: Budget, name: str, matrix: np.ndarray) -> str:
+    """The smallest feasible value of one budget dimension, in the user's unit, rounded up."""
+    least = float(matrix.min(axis=1).sum())
+    if name == "size":
+        fp32 = sum(i.fp32_bytes for i in table.layers)
+        return f"size={_up(least / fp32)} ({round(least)} bytes)" \
+            if budget.size_unit == "ratio" else f"size={round(least)}B"
+    if name == "latency":
+        if budget.latency_unit == "ms":
+            return f"latency={_up(least)}ms"
+        return f"latency={_up(least / int8_latency(table, latency))}x ({_up(least)}ms)"
+    params = sum(i.params for i in table.layers)
+    return f"bits={_up(least / params)}"
+
+
+def _solve(cost: np.ndarray, rows, layers: int, candidates: int):
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n = layers * candidates
+    one_hot = np.zeros((layers, n))
+    for l in range(layers):
+        one_hot[l, l * candidates:(l + 1) * candidates] = 1.0
+    constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
+    for _, matrix, limit in rows:
+        scale = limit if limit > 0 else 1.0
+        constraints.append(LinearConstraint(matrix.reshape(1, n) / scale, -np.inf, limit / scale))
+    result = milp(cost.reshape(n), integrality=np.ones(n), bounds=Bounds(0, 1),
+                  constraints=constraints, options={"mip_rel_gap": 0.0, "presolve": True})
+    if result.x is None:
+        return None
+    x = np.rint(result.x).reshape(layers, candidates)
+    assert np.all(x.sum(axis=1) == 1), "one-hot rows violated"
+    return tuple(int(np.argmax(row)) for row in x)
+
+
+def allocate(table, costs=None, budget="size=1.0") -> Plan:
+    """Choose one candidate per layer of ``table`` minimising summed sensitivity under
+    ``budget`` (a :class:`Budget`, CLI string or dict); ``costs`` holds the latency in ms of
+    every (layer name, candidate name) pair, as a dict or a layers x candidates array (needed
+    only for a latency budget). The ILP and the infeasibility message: module docstring."""
+    budget = parse_budget(budget)
+    latency = _latency_matrix(table, costs)
+    layers, cands = len(table.layers), len(table.candidates)
+    rows = _rows(table, latency, budget)
+    too_tight = [(name, m) for name, m, limit in rows if m.min(axis=1).sum() > limit * (1 + 1e-9)]
+    if too_tight:
+        raise QuantizationError(
+            f"budget {budget} is infeasible; smallest feasible: "
+            + ", ".join(_smallest(table, latency, budget, n, m) for n, m in too_tight))
+    # Shift each row by its minimum (a constant under one-hot rows) and scale so that the
+    # smallest nonzero excess is 1: HiGHS's absolute gap tolerance then cannot hide a better plan.
+    sens = np.asarray(table.sensitivity, dtype=np.float64)
+    excess = sens - sens.min(axis=1, keepdims=True)
+    positive = excess[excess > 0]
+    cost = excess / positive.min() if positive.size else excess
+    for _attempt in range(4):
+        choice = _solve(cost, rows, layers, cands)
+        if choice is None:
+            raise QuantizationError(
+                f"budget {budget} is infeasible: each budget alone can be met (smallest: "
+                + ", ".join(_smallest(table, latency, budget, n, m) for n, m, _ in rows)
+                + ") but not all together; relax one of them")
+        slips = [(i, float(sum(m[l, c] for l, c in enumerate(choice))) - limit)
+                 for i, (_, m, limit) in enumerate(rows)]
+        slips = [(i, over) for i, over in slips if over > 1e-9 * max(1.0, abs(rows[i][2]))]
+        if not slips:
+            return Plan(table, choice, latency, budget)
+        for i, over in slips:  # a solver tolerance let a row slip: tighten it and re-solve
+            name, matrix, limit = rows[i]
+            rows[i] = (name, matrix, limit - 2 * over)
+    raise AssertionError("the ILP kept violating a budget row after tightening")
+
+
+__all__ = ["BUDGET_KEYS", "AllocationRow", "Budget", "Plan", "allocate", "int8_latency",
+           "parse_budget"]

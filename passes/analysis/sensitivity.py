@@ -1,0 +1,305 @@
+"""Per-layer quantization sensitivity: the damage when only one layer is quantized (issue 5).
+
+Rule: for every *quantizable layer* ``l`` (the layers ``insert_fake_quant`` quantizes: Conv,
+ConvTranspose, and MatMul whose second operand is a 2-D constant weight) and every
+:class:`Candidate` ``c``, build the recipe "everything float except node ``l`` at ``c``"
+(``preset("none")`` plus one ``nodes`` override, no PTQ), run ``lowbit.quantize(...,
+fold=False)`` and the reference executor on every calibration batch, and compare the model
+outputs ``q`` with the float outputs ``f``:
+
+* ``metric="sqnr"``: the *noise power* ``sum (q - f)^2 / sum f^2`` over every output and batch,
+  i.e. ``10^(-SQNR/10)`` with ``SQNR = 10 log10(sum f^2 / sum (q - f)^2)`` dB; lower is better
+  and it adds up across layers to first order, which is what the allocator sums;
+* ``metric="kl"``: the mean over samples of ``KL(softmax(f) || softmax(q))`` on the last axis
+  of the first output (classifiers);
+* a callable ``metric(float_out, quant_out) -> float`` gets the first model output of all
+  batches concatenated along axis 0.
+
+The same run gives the layer's packed weight bytes for the candidate exactly as
+:func:`lowbit.compiler.quantize.weight_size` counts them (total packed minus the other, float,
+layers at 4 bytes per element). The kernel of a candidate does not change the fake-quant
+numerics, so candidates that differ only by kernel share one measurement. Results are cached in
+memory per (model, layer, formats, metric, calibration data); everything is deterministic
+(fixed-order batches, seeded codebook fitting). A rich progress bar shows on a terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...compiler.recipes import (
+    ActOverride,
+    ActSpec,
+    LayerOverride,
+    WeightOverride,
+    WeightSpec,
+    preset,
+)
+from ...ir import Graph, Node, Op
+from ...ir.errors import QuantizationError
+
+METRICS = ("sqnr", "kl")
+
+#: the ops insert_fake_quant quantizes (MatMul only with a 2-D constant weight)
+_LAYER_OPS = frozenset({Op.CONV, Op.CONV_TRANSPOSE, Op.MATMUL})
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One choice for a layer: weight and activation formats and a kernel family (None = let
+    the selector choose). ``name`` is unique within a candidate set and used in tables."""
+
+    name: str
+    weights: WeightSpec
+    activations: ActSpec = ActSpec()  # noqa: RUF009 (frozen, immutable)
+    kernel: str | None = None
+
+    @property
+    def override(self) -> LayerOverride:
+        """The recipe ``nodes`` override that puts a layer on this candidate."""
+        w, a = self.weights, self.activations
+        weights = WeightOverride(w.format, w.bits, w.granularity, symmetric=w.symmetric,
+                                 zero_free=w.zero_free)
+        if w.group_size is not None:  # left unset otherwise, as a recipe file spells it
+            weights = replace(weights, group_size=w.group_size)
+        return LayerOverride(weights, ActOverride(a.bits, a.signed, a.format),
+                             kernel=self.kernel, exclude=False)
+
+    @property
+    def numerics(self) -> tuple[WeightSpec, ActSpec]:
+        """What the fake-quant graph depends on (not the kernel)."""
+        return self.weights, self.activations
+
+
+def _weight_choices() -> list[tuple[str, WeightSpec]]:
+    return [
+        ("w8", WeightSpec("uniform", 8)), ("w4", WeightSpec("uniform", 4)),
+        ("w2", WeightSpec("uniform", 2)), ("ternary", WeightSpec("ternary", 2)),
+        ("binary", WeightSpec("binary", 1)), ("pow2", WeightSpec("pow2", 4)),
+        ("codebook4", WeightSpec("codebook", 4, symmetric=False)),
+    ]
+
+
+#: weights {uniform 8/4/2, ternary, binary, pow2 4, codebook 4} x activations {8, 4, 2} bits
+DEFAULT_CANDIDATES: tuple[Candidate, ...] = tuple(
+    Candidate(f"{wname}a{abits}", wspec, ActSpec(abits))
+    for wname, wspec in _weight_choices() for abits in (8, 4, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """A quantizable layer: node ``name``, ``op`` type, weight ``params`` (element count) and
+    ``fp32_bytes`` (4 per element)."""
+
+    name: str
+    op: str
+    params: int
+
+    @property
+    def fp32_bytes(self) -> int:
+        return 4 * self.params
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """``sensitivity[l, c]`` (damage, lower is better) and ``weight_bytes[l, c]`` (packed bytes
+    of layer ``l`` at candidate ``c``) for ``layers`` x ``candidates`` under ``metric``.
+    Arrays are read-only."""
+
+    layers: tuple[LayerInfo, ...]
+    candidates: tuple[Candidate, ...]
+    sensitivity: np.ndarray
+    weight_bytes: np.ndarray
+    metric: str = "sqnr"
+
+    def __post_init__(self):
+        shape = (len(self.layers), len(self.candidates))
+        for name in ("sensitivity", "weight_bytes"):
+            array = np.array(getattr(self, name), dtype=np.float64)
+            if array.shape != shape:
+                raise QuantizationError(
+                    f"SensitivityTable.{name} has shape {array.shape}; expected {shape} "
+                    f"(layers x candidates)")
+            array.flags.writeable = False
+            object.__setattr__(self, name, array)
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise QuantizationError(f"candidate names must be unique, got {names}")
+
+    def value(self, layer: str, candidate: str) -> float:
+        """The sensitivity of ``layer`` at the candidate named ``candidate``."""
+        return float(self.sensitivity[self.layer_index(layer), self.candidate_index(candidate)])
+
+    def layer_index(self, layer: str) -> int:
+        for i, info in enumerate(self.layers):
+            if info.name == layer:
+                return i
+        raise QuantizationError(f"no quantizable layer {layer!r} in the sensitivity table")
+
+    def candidate_index(self, candidate: str) -> int:
+        for i, cand in enumerate(self.candidates):
+            if cand.name == candidate:
+                return i
+        raise QuantizationError(
+            f"no candidate {candidate!r}; candidates are "
+            f"{', '.join(c.name for c in self.candidates)}")
+
+
+def quantizable_layers(graph: Graph) -> list[Node]:
+    """The layers insert_fake_quant quantizes, in graph order."""
+    out = []
+    for node in graph.nodes:
+        if node.op not in _LAYER_OPS or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        weight = node.inputs[1]
+        if not weight.is_const:
+            continue
+        if node.op == Op.MATMUL and weight.const.ndim != 2:
+            continue
+        out.append(node)
+    return out
+
+
+# (model digest, layer, numerics, metric, calib digest) -> (sensitivity, layer bytes)
+_CACHE: dict[tuple, tuple[float, int]] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached measurement."""
+    _CACHE.clear()
+
+
+def _digest_graph(graph: Graph) -> str:
+    from ...ir.printer import format_graph
+
+    h = hashlib.sha256(format_graph(graph).encode())
+    for node in quantizable_layers(graph):
+        h.update(np.ascontiguousarray(node.inputs[1].const).tobytes())
+    return h.hexdigest()
+
+
+def _digest_calib(calib_set) -> str:
+    h = hashlib.sha256()
+    for name, array in calib_set.arrays.items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    h.update(str(calib_set.batch_size).encode())
+    return h.hexdigest()
+
+
+def _damage(metric, float_outs: list[dict], quant_outs: list[dict]) -> float:
+    if callable(metric):
+        key = next(iter(float_outs[0]))
+        f = np.concatenate([o[key] for o in float_outs])
+        q = np.concatenate([o[key] for o in quant_outs])
+        return float(metric(f, q))
+    if metric == "sqnr":
+        noise = signal = 0.0
+        for fo, qo in zip(float_outs, quant_outs):
+            for key in fo:
+                f = fo[key].astype(np.float64)
+                noise += float(np.sum((qo[key].astype(np.float64) - f) ** 2))
+                signal += float(np.sum(f ** 2))
+        return noise / signal if signal > 0 else noise
+    key = next(iter(float_outs[0]))
+    f = np.concatenate([o[key] for o in float_outs]).astype(np.float64)
+    q = np.concatenate([o[key] for o in quant_outs]).astype(np.float64)
+    logp = f - f.max(axis=-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=-1, keepdims=True))
+    logq = q - q.max(axis=-1, keepdims=True)
+    logq -= np.log(np.exp(logq).sum(axis=-1, keepdims=True))
+    kl = np.sum(np.exp(logp) * (logp - logq), axis=-1)
+    return float(np.mean(kl))
+
+
+def _single_layer_recipe(layer: str, candidate: Candidate):
+    base = preset("none")
+    return replace(base, nodes={layer: candidate.override})
+
+
+def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATES, calib=None,
+                      input_shapes=None, metric: str | Callable = "sqnr",
+                      base: str = "none") -> SensitivityTable:
+    """Measure every (quantizable layer, candidate) pair of ``model`` (ONNX path / bytes /
+    ModelProto or a lowbit Graph) on ``calib`` (as for :func:`lowbit.quantize`); the rule and
+    the metrics are in the module docstring. ``base`` is what the other layers are during a
+    measurement; only ``"none"`` (float) is supported."""
+    from ...compiler.quantize import _float_graph, quantize, weight_size
+    from ...passes.calibrate import as_calibration_set
+    from ...runtime.reference import run_reference
+
+    if base != "none":
+        raise QuantizationError(
+            f"layer_sensitivity base={base!r}: only 'none' (other layers float) is supported")
+    if not callable(metric) and metric not in METRICS:
+        raise QuantizationError(
+            f"layer_sensitivity metric={metric!r}: use 'sqnr', 'kl' or a callable "
+            f"(float_out, quant_out) -> float")
+    candidates = tuple(candidates)
+    if not candidates:
+        raise QuantizationError("layer_sensitivity needs at least one candidate")
+    if calib is None:
+        raise QuantizationError(
+            "layer_sensitivity needs calibration data: pass calib= a .npz path, a dict "
+            "{input name: samples} or an iterable of feed dicts")
+    graph = _float_graph(model, input_shapes)
+    layers = quantizable_layers(graph)
+    if not layers:
+        raise QuantizationError(
+            "the model has no quantizable layer (Conv / ConvTranspose / MatMul with a constant "
+            "weight); there is nothing to allocate")
+    infos = tuple(LayerInfo(n.name, n.op.value, int(n.inputs[1].numel)) for n in layers)
+    total_fp32 = sum(i.fp32_bytes for i in infos)
+    calib_set = as_calibration_set(graph, calib)
+    feeds = list(calib_set)
+    float_outs = [run_reference(graph, feed) for feed in feeds]
+    model_key = _digest_graph(graph)
+    calib_key = _digest_calib(calib_set)
+    # the callable itself (not its id, which a later function could reuse) keys the cache
+    metric_key = metric
+
+    sens = np.zeros((len(infos), len(candidates)))
+    nbytes = np.zeros((len(infos), len(candidates)))
+    with _Progress(len(infos) * len(candidates)) as advance:
+        for li, info in enumerate(infos):
+            for ci, cand in enumerate(candidates):
+                key = (model_key, info.name, cand.numerics, metric_key, calib_key)
+                if key not in _CACHE:
+                    recipe = _single_layer_recipe(info.name, cand)
+                    qgraph = quantize(graph, recipe=recipe, calib=calib_set, fold=False)
+                    quant_outs = [run_reference(qgraph, feed) for feed in feeds]
+                    layer_bytes = weight_size(qgraph).packed - (total_fp32 - info.fp32_bytes)
+                    _CACHE[key] = (_damage(metric, float_outs, quant_outs), int(layer_bytes))
+                sens[li, ci], nbytes[li, ci] = _CACHE[key]
+                advance()
+    metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+    return SensitivityTable(infos, candidates, sens, nbytes, metric_name)
+
+
+class _Progress:
+    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True, disable=not sys.stderr.isatty(),
+                             console=Console(stderr=True))
+        self._bar.__enter__()
+        task = self._bar.add_task("layer sensitivity", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+__all__ = ["DEFAULT_CANDIDATES", "METRICS", "Candidate", "LayerInfo", "SensitivityTable",
+           "clear_cache", "layer_sensitivity", "quantizable_layers"]

@@ -1,0 +1,131 @@
+"""layer_sensitivity on the digits CNN: ranking, metrics, caching, determinism, errors."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import lowbit
+import numpy as np
+import pytest
+from lowbit.compiler import quantize as quantize_module
+from lowbit.compiler.recipes import ActSpec, WeightSpec, preset
+from lowbit.ir.errors import QuantizationError
+from lowbit.passes.analysis import DEFAULT_CANDIDATES, Candidate, layer_sensitivity
+from lowbit.passes.analysis.sensitivity import clear_cache
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+MODEL, CALIB = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
+SHAPES = {"input": (16, 1, 8, 8)}
+CANDS = (
+    Candidate("w8a8", WeightSpec("uniform", 8), ActSpec(8)),
+    Candidate("w8a2", WeightSpec("uniform", 8), ActSpec(2)),
+    Candidate("w2a8", WeightSpec("uniform", 2), ActSpec(8)),
+    Candidate("w2a8-bitserial", WeightSpec("uniform", 2), ActSpec(8), kernel="bitserial"),
+    Candidate("binarya8", WeightSpec("binary", 1), ActSpec(8)),
+)
+
+
+@pytest.fixture(scope="module")
+def table():
+    clear_cache()
+    return layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+
+
+def test_layers_are_the_quantizable_ones(table):
+    assert [i.op for i in table.layers] == ["Conv", "Conv", "Conv", "MatMul"]
+    assert [i.params for i in table.layers] == [144, 4608, 18432, 640]
+    assert table.sensitivity.shape == table.weight_bytes.shape == (4, len(CANDS))
+    assert not table.sensitivity.flags.writeable
+
+
+def test_low_bits_damage_more_than_8_bits(table):
+    for layer in table.layers:
+        w8 = table.value(layer.name, "w8a8")
+        assert table.value(layer.name, "w2a8") > 10 * w8, layer.name
+        assert table.value(layer.name, "binarya8") > 10 * w8, layer.name
+        assert table.value(layer.name, "w8a2") > w8, layer.name
+        # fewer bits, fewer bytes
+        row = table.weight_bytes[table.layer_index(layer.name)]
+        assert row[0] > row[2] > row[4]
+
+
+def test_first_conv_among_most_sensitive(table):
+    at_2bit = table.sensitivity[:, table.candidate_index("w2a8")]
+    top_half = np.argsort(-at_2bit)[: len(at_2bit) // 2]
+    assert 0 in top_half
+    # the classifier (last layer, few outputs) is the least sensitive at 2 bits
+    assert np.argmin(at_2bit) == 3
+
+
+def test_kernel_only_variants_share_the_measurement(table):
+    a, b = table.candidate_index("w2a8"), table.candidate_index("w2a8-bitserial")
+    np.testing.assert_array_equal(table.sensitivity[:, a], table.sensitivity[:, b])
+
+
+def test_sqnr_cost_is_noise_power_of_a_single_layer_quantization(table):
+    """Recompute one entry by hand: quantize only the second conv at w2a8 and compare."""
+    layer = table.layers[1].name
+    recipe = replace(preset("none"), nodes={layer: CANDS[2].override})
+    fq = lowbit.quantize(MODEL, calib=CALIB, recipe=recipe, input_shapes=SHAPES, fold=False)
+    fl = lowbit.quantize(MODEL, quant="none", input_shapes=SHAPES)
+    inputs = np.load(CALIB)["input"]
+    noise = signal = 0.0
+    for start in range(0, len(inputs) - 15, 16):
+        feed = {"input": inputs[start:start + 16]}
+        f = next(iter(lowbit.run_reference(fl, feed).values())).astype(np.float64)
+        q = next(iter(lowbit.run_reference(fq, feed).values())).astype(np.float64)
+        noise += np.sum((q - f) ** 2)
+        signal += np.sum(f ** 2)
+    assert table.value(layer, "w2a8") == pytest.approx(noise / signal, rel=1e-9)
+    sqnr_db = 10 * np.log10(signal / noise)
+    assert table.value(layer, "w2a8") == pytest.approx(10 ** (-sqnr_db / 10), rel=1e-9)
+
+
+def test_deterministic_and_cached(table, monkeypatch):
+    clear_cache()
+    again = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+    np.testing.assert_array_equal(again.sensitivity, table.sensitivity)
+    np.testing.assert_array_equal(again.weight_bytes, table.weight_bytes)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached pair was measured again")
+
+    monkeypatch.setattr(quantize_module, "quantize", forbidden)
+    cached = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+    np.testing.assert_array_equal(cached.sensitivity, table.sensitivity)
+
+
+def test_kl_and_callable_metrics():
+    cands = CANDS[:1] + CANDS[2:3]
+    kl = layer_sensitivity(MODEL, cands, CALIB, SHAPES, metric="kl")
+    assert kl.metric == "kl"
+    assert np.all(kl.sensitivity >= 0)
+    assert np.all(kl.sensitivity[:, 1] > kl.sensitivity[:, 0])
+    seen = []
+
+    def max_abs(float_out, quant_out):
+        seen.append(float_out.shape)
+        return float(np.max(np.abs(float_out - quant_out)))
+
+    custom = layer_sensitivity(MODEL, cands, CALIB, SHAPES, metric=max_abs)
+    assert custom.metric == "max_abs"
+    assert seen[0] == (256, 10)  # every calibration batch, concatenated
+    assert np.all(custom.sensitivity[:, 1] > custom.sensitivity[:, 0])
+
+
+def test_default_candidates_cover_the_formats():
+    names = {c.name for c in DEFAULT_CANDIDATES}
+    assert len(names) == len(DEFAULT_CANDIDATES) == 21
+    assert {c.weights.format for c in DEFAULT_CANDIDATES} == {
+        "uniform", "ternary", "binary", "pow2", "codebook"}
+    assert {c.activations.bits for c in DEFAULT_CANDIDATES} == {8, 4, 2}
+
+
+def test_errors():
+    with pytest.raises(QuantizationError, match="metric='snr'"):
+        layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, metric="snr")
+    with pytest.raises(QuantizationError, match="base='int8'"):
+        layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, base="int8")
+    with pytest.raises(QuantizationError, match="calibration data"):
+        layer_sensitivity(MODEL, CANDS, None, SHAPES)
+    with pytest.raises(QuantizationError, match="unique"):
+        layer_sensitivity(MODEL, CANDS + CANDS[:1], CALIB, SHAPES)
