@@ -20,41 +20,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import batch_seconds, matmul_model, ort_session
 
 
-def batch_seconds(fn, number: int) -> float:
-    """Mean time of ``number`` back-to-back calls (after one warm-up call)."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
-
-
-def ort_sessions(w: np.ndarray, workdir: Path, threads: int):
+def ort_sessions(w: np.ndarray, M: int, workdir: Path, threads: int):
     """(fp32 session, dynamic-int8 session) for y = x @ w with ``threads`` intra-op threads."""
     import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    K, N = w.shape
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
-        [numpy_helper.from_array(w.astype(np.float32), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
     fp32_path, int8_path = workdir / "fp32.onnx", workdir / "int8.onnx"
-    onnx.save(model, fp32_path)
+    onnx.save(matmul_model(w, M), fp32_path)
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    return (ort.InferenceSession(str(fp32_path), opts, providers=providers),
-            ort.InferenceSession(str(int8_path), opts, providers=providers))
+    return ort_session(fp32_path, threads), ort_session(int8_path, threads)
 
 
 def main(argv=None) -> None:
@@ -94,7 +71,7 @@ def main(argv=None) -> None:
 
     timer = layer.timer(x, number=args.number, repeat=1)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = ort_sessions(w, Path(tmp), args.threads)
+        fp32, int8 = ort_sessions(w, M, Path(tmp), args.threads)
         feed = {"x": x.astype(np.float32)}
         fp32_number = max(1, args.number // 20)  # fp32 is ~100x slower: fewer calls per batch
         # Interleave the three in every round so machine noise hits them alike.

@@ -19,48 +19,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
-
-
-def batch_seconds(fn, number: int) -> float:
-    """Mean time of ``number`` back-to-back calls (after one warm-up call)."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
+from _common import batch_seconds, layer_model, matmul_integer_model, matmul_model, ort_session
 
 
 def _session(nodes, inputs, outputs, inits, threads: int):
-    import onnxruntime as ort
-    from onnx import helper
-
-    graph = helper.make_graph(nodes, "layer", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    return ort_session(layer_model(nodes, inputs, outputs, inits), threads)
 
 
 def ort_matmul(x: np.ndarray, w: np.ndarray, zx: int, threads: int):
     """(fp32 MatMul runner, int8 MatMulInteger runner) for y = x @ w."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    (M, K), N = x.shape, w.shape[1]
-    fp32 = _session([helper.make_node("MatMul", ["x", "w"], ["y"])],
-                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
-                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, N])],
-                    [numpy_helper.from_array(w.astype(np.float32), "w")], threads)
-    int8 = _session([helper.make_node("MatMulInteger", ["x", "w", "zx"], ["y"])],
-                    [helper.make_tensor_value_info("x", TensorProto.UINT8, [M, K])],
-                    [helper.make_tensor_value_info("y", TensorProto.INT32, [M, N])],
-                    [numpy_helper.from_array(w, "w"),
-                     numpy_helper.from_array(np.array(zx, np.uint8), "zx")], threads)
+    M = x.shape[0]
+    fp32 = ort_session(matmul_model(w, M), threads)
+    int8 = ort_session(matmul_integer_model(w, M, zx), threads)
     xf = (x.astype(np.float32) - zx)
     return (lambda: fp32.run(None, {"x": xf}), lambda: int8.run(None, {"x": x}),
             int8.run(None, {"x": x})[0])

@@ -26,6 +26,7 @@ import os
 import time
 
 import numpy as np
+from _common import matmul_integer_model, matmul_model, ort_session
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
 
@@ -38,36 +39,15 @@ LAYERS = [("w2", "uint", 2, ()), ("w1", "uint", 1, ()), ("w3", "uint", 3, ()),
 
 def ort_sessions(K: int, N: int, rng):
     """(fp32 MatMul session, int8 MatMulInteger session), one intra-op thread each."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    def session(node, x_type, y_type, inits):
-        graph = helper.make_graph(
-            [node], "layer", [helper.make_tensor_value_info("x", x_type, [1, K])],
-            [helper.make_tensor_value_info("y", y_type, [1, N])], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 9
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-
     w32 = rng.standard_normal((K, N)).astype(np.float32)
     w8 = rng.integers(-127, 128, (K, N)).astype(np.int8)
-    fp32 = session(helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT,
-                   TensorProto.FLOAT, [numpy_helper.from_array(w32, "w")])
-    int8 = session(helper.make_node("MatMulInteger", ["x", "w", "xz"], ["y"]),
-                   TensorProto.UINT8, TensorProto.INT32,
-                   [numpy_helper.from_array(w8, "w"),
-                    numpy_helper.from_array(np.array(3, np.uint8), "xz")])
-    return fp32, int8
+    return ort_session(matmul_model(w32, 1)), ort_session(matmul_integer_model(w8, 1, 3))
 
 
 def lut_layer(M: int, K: int, N: int, fmt: str, bits: int, levels, target, rng):
     """A bound, compiled LUT layer (int8 requant output) and its uint8 input."""
     from lowbit.codegen.kernels import lut
-    from lowbit.codegen.kernels.bitserial import OutputRange
+    from lowbit.codegen.kernels.common import OutputRange
 
     spec = lut.LutSpec(M, K, N, fmt, bits, False, OutputRange(0, -128, 127), tuple(levels))
     if fmt == "codebook":
@@ -148,7 +128,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
 
-    from lowbit.codegen.kernels.bitserial import set_num_threads
+    from lowbit.codegen.kernels.common import set_num_threads
     from lowbit.codegen.target import resolve_target
 
     set_num_threads(1)

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 os.environ.setdefault("TVM_NUM_THREADS", "2")  # the pool's first size caps later resizes
 
 import numpy as np
+from _common import batch_seconds
 
 GEMM_M = (1, 16, 128)
 GEMM_NK = ((4096, 4096), (11008, 4096), (768, 3072))
@@ -140,15 +141,6 @@ def batch_number(fn, batch_s: float) -> int:
     fn()
     one = time.perf_counter() - start
     return int(min(500, max(1, round(batch_s / max(one, 1e-7)))))
-
-
-def batch_seconds(fn, number: int) -> float:
-    """Mean seconds per call of ``number`` back-to-back calls, after one untimed call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
 
 
 def interleaved_medians(contenders: list[Contender], rounds: int, batch_s: float) -> dict:
@@ -431,7 +423,7 @@ def print_table(title: str, columns: list[str], rows: list[tuple[str, dict, dict
 def set_threads(n: int) -> None:
     """``n`` threads for TVM's pool (the families' ``set_num_threads``) and for numpy's BLAS
     (threadpoolctl, left in place until the next call); ORT sessions take it per session."""
-    from lowbit.codegen.kernels.bitserial import set_num_threads
+    from lowbit.codegen.kernels.common import set_num_threads
     from threadpoolctl import threadpool_limits
 
     set_num_threads(n)

@@ -20,52 +20,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
-
-
-def batch_seconds(fn, number: int) -> float:
-    """Mean time of ``number`` back-to-back calls (after one warm-up call)."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    return (time.perf_counter() - start) / number
-
-
-def ort_sessions(w: np.ndarray, M: int, workdir: Path):
-    """(fp32 MatMul session, int8 MatMulInteger session), one intra-op thread each."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    K, N = w.shape
-
-    def save(name, node, x_type, y_type, inits):
-        graph = helper.make_graph(
-            [node], name, [helper.make_tensor_value_info("x", x_type, [M, K])],
-            [helper.make_tensor_value_info("y", y_type, [M, N])], inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 9
-        path = workdir / f"{name}.onnx"
-        onnx.save(model, path)
-        return str(path)
-
-    fp32 = save("fp32", helper.make_node("MatMul", ["x", "w"], ["y"]), TensorProto.FLOAT,
-                TensorProto.FLOAT, [numpy_helper.from_array(w.astype(np.float32), "w")])
-    int8 = save("int8", helper.make_node("MatMulInteger", ["x", "w", "zx"], ["y"]),
-                TensorProto.UINT8, TensorProto.INT32,
-                [numpy_helper.from_array(w.astype(np.int8), "w"),
-                 numpy_helper.from_array(np.array(7, np.uint8), "zx")])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    return (ort.InferenceSession(fp32, opts, providers=providers),
-            ort.InferenceSession(int8, opts, providers=providers))
+from _common import batch_seconds, matmul_integer_model, matmul_model, ort_session
 
 
 def bench_shape(M: int, K: int, N: int, bits: int, number: int, repeat: int,
@@ -89,24 +46,24 @@ def bench_shape(M: int, K: int, N: int, bits: int, number: int, repeat: int,
         layer = sa.build(spec, target).bind(packed)
         np.testing.assert_array_equal(layer(x), want)
         layers[variant] = layer
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = ort_sessions(w, M, Path(tmp))
-        feeds32, feeds8 = {"x": x.astype(np.float32)}, {"x": x}
-        np.testing.assert_array_equal(int8.run(None, feeds8)[0], (x.astype(np.int64) - zx) @ w)
-        contenders = {
-            "ort fp32": lambda: fp32.run(None, feeds32),
-            "ort int8": lambda: int8.run(None, feeds8),
-        }
-        for variant, layer in layers.items():
-            timer = layer.timer(x, number=number)
-            contenders[f"lowbit {variant}"] = lambda t=timer: t()
-        samples = {name: [] for name in contenders}
-        for _ in range(repeat):
-            for name, fn in contenders.items():
-                if name.startswith("lowbit"):  # TVM's evaluator times `number` calls itself
-                    samples[name].append(fn().mean)
-                else:
-                    samples[name].append(batch_seconds(fn, number))
+    fp32 = ort_session(matmul_model(w, M))
+    int8 = ort_session(matmul_integer_model(w, M, zx))
+    feeds32, feeds8 = {"x": x.astype(np.float32)}, {"x": x}
+    np.testing.assert_array_equal(int8.run(None, feeds8)[0], (x.astype(np.int64) - zx) @ w)
+    contenders = {
+        "ort fp32": lambda: fp32.run(None, feeds32),
+        "ort int8": lambda: int8.run(None, feeds8),
+    }
+    for variant, layer in layers.items():
+        timer = layer.timer(x, number=number)
+        contenders[f"lowbit {variant}"] = lambda t=timer: t()
+    samples = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            if name.startswith("lowbit"):  # TVM's evaluator times `number` calls itself
+                samples[name].append(fn().mean)
+            else:
+                samples[name].append(batch_seconds(fn, number))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

@@ -63,36 +63,12 @@ from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
+from .common import BoundLayer, OutputRange, bind_layer, set_num_threads  # noqa: F401 (re-export)
 
 FORMATS_W = ("bipolar", "uint", "int")
 FORMATS_A = ("bipolar", "uint")
 MAX_BITS = 4
 _INT32_MAX = (1 << 31) - 1
-
-
-@dataclass(frozen=True, slots=True)
-class OutputRange:
-    """Requant output stage: zero point ``z_y`` and clamp range ``[lo, hi]`` (codes)."""
-
-    zero_point: int
-    lo: int
-    hi: int
-
-    def __post_init__(self):
-        if not -(1 << 31) <= self.lo <= self.hi <= _INT32_MAX:
-            raise LoweringError(
-                f"bitserial requant: empty or non-int32 output range [{self.lo}, {self.hi}]")
-        if abs(self.zero_point) >= (1 << 31):
-            raise LoweringError(f"bitserial requant: zero point {self.zero_point} beyond int32")
-
-    @property
-    def dtype(self) -> str:
-        """Smallest numpy integer dtype holding ``[lo, hi]`` (the kernel's output dtype)."""
-        for name in ("int8", "uint8", "int16", "int32"):
-            info = np.iinfo(name)
-            if info.min <= self.lo and self.hi <= info.max:
-                return name
-        raise AssertionError("checked in __post_init__")
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,8 +389,6 @@ class BitserialKernel:
 
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
-        import tvm
-
         if not self.target.runs_on_host():
             raise LoweringError(
                 f"bitserial: kernel built for target {self.target.name} cannot run on this "
@@ -427,57 +401,26 @@ class BitserialKernel:
         if packed.planes.shape[:2] != (self.spec.w_bits, -(-self.spec.N // tile)):
             raise LoweringError(
                 f"bitserial: packed planes {packed.planes.shape} do not match {self.spec}")
-        dev = tvm.cpu()
         params = [packed.planes, packed.offset]
         if self.spec.requant is not None:
             params += [packed.mult, packed.shift]
-        return BoundLayer(self, tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev)
-                                      for p in params))
+        spec = self.spec
+        return bind_layer(self, params, family="bitserial", in_shape=(spec.M, spec.K),
+                          out_shape=(spec.M, spec.N), check_codes=self._check_codes)
 
-    def __call__(self, x: np.ndarray, packed: PackedWeights) -> np.ndarray:
-        """Run once on numpy codes (convenience; binds every call)."""
-        return self.bind(packed)(x)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BoundLayer:
-    """A compiled layer with its parameters resident on the device."""
-
-    kernel: BitserialKernel
-    params: tuple
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run on numpy codes (checked: shape and code range; the kernel itself trusts them)."""
-        import tvm
-
-        spec = self.kernel.spec
-        x = np.asarray(x)
-        if x.shape != (spec.M, spec.K):
-            raise LoweringError(f"bitserial: input shape {x.shape}, kernel built for "
-                                f"({spec.M}, {spec.K})")
+    def _check_codes(self, x: np.ndarray) -> None:
+        """Activation codes must lie in the format's range (bipolar: +-1, no 0)."""
+        spec = self.spec
         lo, hi = _value_range(spec.a_format, spec.a_bits)
         if x.dtype.kind not in "iu" or x.min() < lo or x.max() > hi or (
                 spec.a_format == "bipolar" and np.any(x == 0)):
             raise LoweringError(
                 f"bitserial: activation codes ({x.dtype}, [{x.min()}, {x.max()}]) are not "
                 f"{spec.a_format}{spec.a_bits} codes; quantize the input first")
-        x = np.ascontiguousarray(x, dtype=spec.a_dtype)
-        dev = tvm.cpu()
-        y = tvm.runtime.tensor(np.empty((spec.M, spec.N), spec.out_dtype), dev)
-        self.kernel.lib["main"](tvm.runtime.tensor(x, dev), *self.params, y)
-        return y.numpy()
 
-    def timer(self, x: np.ndarray, number: int = 100, repeat: int = 1):
-        """TVM ``time_evaluator`` over the whole layer with resident input / output."""
-        import tvm
-
-        spec = self.kernel.spec
-        dev = tvm.cpu()
-        args = (tvm.runtime.tensor(np.ascontiguousarray(x, dtype=spec.a_dtype), dev),
-                *self.params,
-                tvm.runtime.tensor(np.empty((spec.M, spec.N), spec.out_dtype), dev))
-        evaluator = self.kernel.lib.mod.time_evaluator("main", dev, number=number, repeat=repeat)
-        return lambda: evaluator(*args)
+    def __call__(self, x: np.ndarray, packed: PackedWeights) -> np.ndarray:
+        """Run once on numpy codes (convenience; binds every call)."""
+        return self.bind(packed)(x)
 
 
 def lower(spec: BitserialSpec, target: Target):
@@ -499,26 +442,6 @@ def _build_cached(spec: BitserialSpec, target: Target) -> BitserialKernel:
 
     return BitserialKernel(spec, target, tvm.compile(lower(spec, target),
                                                       target=target.tvm_dict()))
-
-
-def set_num_threads(n: int) -> None:
-    """Size TVM's CPU thread pool for the kernels' parallel N loop.
-
-    Sets ``TVM_NUM_THREADS`` and reconfigures the pool (``runtime.config_threadpool``). Measured
-    on TVM 0.27: the pool's default (and ``config_threadpool`` alone) runs even one thread as a
-    worker the caller waits on, ~10 us per call; with ``TVM_NUM_THREADS=1`` the parallel loop
-    runs inline in the caller (0.03 us), so single-thread layers must go through here (or set
-    the variable before the first call). Raising the count above the pool's first size may be
-    capped by TVM.
-    """
-    import os
-
-    import tvm
-
-    if n < 1:
-        raise LoweringError(f"set_num_threads: need >= 1 thread, got {n}")
-    os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm.get_global_func("runtime.config_threadpool")(0, n)
 
 
 # -- registry entry -------------------------------------------------------------------------

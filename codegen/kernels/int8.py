@@ -62,7 +62,7 @@ from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .bitserial import OutputRange, set_num_threads
+from .common import BoundLayer, OutputRange, bind_layer, set_num_threads
 
 __all__ = [
     "FAMILY",
@@ -426,51 +426,15 @@ class Int8Kernel:
 
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
-        import tvm
-
-        dev = tvm.cpu()
         params = [packed.w, packed.offset]
         if self.spec.requant is not None:
             params += [packed.mult, packed.shift]
-        return BoundLayer(self, tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev)
-                                      for p in params))
+        return bind_layer(self, params, family="int8", in_shape=self.spec.in_shape,
+                          out_shape=self.spec.out_shape)
 
     def __call__(self, x: np.ndarray, packed: PackedWeights) -> np.ndarray:
         """Run once on numpy codes (convenience; binds every call)."""
         return self.bind(packed)(x)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BoundLayer:
-    """A compiled layer with its parameters resident on the device."""
-
-    kernel: Int8Kernel
-    params: tuple
-
-    def _io(self, x: np.ndarray):
-        import tvm
-
-        spec = self.kernel.spec
-        x = np.ascontiguousarray(x, dtype=spec.a_dtype)
-        if x.shape != spec.in_shape:
-            raise LoweringError(f"int8: input shape {x.shape}, kernel built for {spec.in_shape}")
-        dev = tvm.cpu()
-        return (tvm.runtime.tensor(x, dev),
-                tvm.runtime.tensor(np.empty(spec.out_shape, spec.out_dtype), dev))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x_t, y = self._io(x)
-        self.kernel.lib["main"](x_t, *self.params, y)
-        return y.numpy()
-
-    def timer(self, x: np.ndarray, number: int = 100, repeat: int = 1):
-        """TVM ``time_evaluator`` over the whole layer with resident input / output."""
-        import tvm
-
-        x_t, y = self._io(x)
-        evaluator = self.kernel.lib.mod.time_evaluator("main", tvm.cpu(), number=number,
-                                                       repeat=repeat)
-        return lambda: evaluator(x_t, *self.params, y)
 
 
 def lower(spec: Int8Spec, target: Target):

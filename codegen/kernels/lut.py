@@ -54,7 +54,7 @@ accumulators are channel-contiguous halves of the tile. Tables are built once pe
 (groups, 2, 16) buffer (8 K bytes: 32 KiB for K = 4096) and broadcast to ``L`` lanes per load
 (``vbroadcasti32x4``; measured 1.5x faster than storing 64-byte replicated tables). The tile
 loop is parallel over N tiles (TVM thread pool; see
-:func:`lowbit.codegen.kernels.bitserial.set_num_threads`) and runs plane blocks, chunks,
+:func:`lowbit.codegen.kernels.common.set_num_threads`) and runs plane blocks, chunks,
 quads: ``JG`` planes (3, 2 or 1, dividing the plane count; their uint16 accumulators must fit
 the 1 KiB stack-allocation limit) share each table load (15 % faster than one plane at a
 time). The requant epilogue is vectorized per full tile. x86 (AVX2 / AVX-512) and arm64
@@ -74,7 +74,7 @@ from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .bitserial import OutputRange
+from .common import BoundLayer, OutputRange, bind_layer
 
 W_FORMATS = ("uint", "int", "ternary", "bipolar", "codebook")
 MAX_W_BITS = 4
@@ -505,8 +505,6 @@ class LutKernel:
 
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
-        import tvm
-
         isa = isa_for(self.target)
         spec = self.spec
         expect = (-(-spec.N // isa.lanes), len(spec.decomposition.coeffs), -(-spec.K // 16) * 2,
@@ -514,50 +512,15 @@ class LutKernel:
         if packed.wq.shape != expect:
             raise LoweringError(f"lut: packed weights {packed.wq.shape} do not match {spec} on "
                                 f"{self.target.name} (expected {expect}); repack")
-        dev = tvm.cpu()
         mult, shift = packed.mult, packed.shift
         if spec.requant is None:
             mult = shift = np.zeros(spec.N, np.int64)
-        return BoundLayer(self, tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev)
-                                      for p in (packed.wq, packed.offset, mult, shift)))
+        return bind_layer(self, (packed.wq, packed.offset, mult, shift), family="lut",
+                          in_shape=(spec.M, spec.K), out_shape=(spec.M, spec.N))
 
     def __call__(self, x: np.ndarray, packed: PackedWeights) -> np.ndarray:
         """Run once on numpy codes (convenience; binds every call)."""
         return self.bind(packed)(x)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class BoundLayer:
-    """A compiled layer with its parameters resident on the device."""
-
-    kernel: LutKernel
-    params: tuple
-
-    def _args(self, x: np.ndarray):
-        import tvm
-
-        spec = self.kernel.spec
-        if x.shape != (spec.M, spec.K):
-            raise LoweringError(f"lut: input shape {x.shape}, kernel built for "
-                                f"({spec.M}, {spec.K})")
-        dev = tvm.cpu()
-        x = tvm.runtime.tensor(np.ascontiguousarray(x, dtype=spec.a_dtype), dev)
-        y = tvm.runtime.tensor(np.empty((spec.M, spec.N), spec.out_dtype), dev)
-        return (x, *self.params, y)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        args = self._args(np.asarray(x))
-        self.kernel.lib["main"](*args)
-        return args[-1].numpy()
-
-    def timer(self, x: np.ndarray, number: int = 100, repeat: int = 1):
-        """TVM ``time_evaluator`` over the whole layer with resident input / output."""
-        import tvm
-
-        args = self._args(np.asarray(x))
-        evaluator = self.kernel.lib.mod.time_evaluator("main", tvm.cpu(), number=number,
-                                                       repeat=repeat)
-        return lambda: evaluator(*args)
 
 
 def kernel_key(spec: LutSpec) -> KernelKey:

@@ -37,7 +37,7 @@ Layouts: ``shift``: ``(NB, ceil(K / per_byte), 64)`` uint8, channel ``n`` at
 channel ``64b + 16j + c``, so one 64-byte load feeds two ``vpdpbusd`` of a 16-channel group.
 Activations are copied inside the compiled function into a zero-padded ``(M, KP)`` buffer, so
 K is free; padded channels and k meet zero activations. The GEMM runs parallel over 64-channel
-blocks (TVM thread pool; :func:`~lowbit.codegen.kernels.bitserial.set_num_threads`), the
+blocks (TVM thread pool; :func:`~lowbit.codegen.kernels.common.set_num_threads`), the
 epilogue right after each tile.
 
 Why ``int8`` beats ``shift`` on x86: every weight has its own shift, so a shift-add step is
@@ -61,7 +61,7 @@ from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .bitserial import OutputRange, set_num_threads
+from .common import BoundLayer, OutputRange, bind_layer, set_num_threads
 
 __all__ = [
     "VARIANTS",
@@ -583,56 +583,24 @@ class ShiftAddKernel:
 
     def bind(self, packed: ShiftAddPacked) -> BoundShiftAdd:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
-        import tvm
-
         if packed.variant != self.spec.variant:
             raise LoweringError(
                 f"shiftadd: weights packed for the {packed.variant} variant, kernel built for "
                 f"{self.spec.variant}; repack them")
         params = [packed.weights, packed.offset]
-        if self.spec.requant is not None:
+        spec = self.spec
+        if spec.requant is not None:
             params += [packed.mult, packed.shift]
-        dev = tvm.cpu()
-        return BoundShiftAdd(self, tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev)
-                                         for p in params))
+        return bind_layer(self, params, family="shiftadd", in_shape=(spec.M, spec.K),
+                          out_shape=(spec.M, spec.N))
 
     def __call__(self, x: np.ndarray, packed: ShiftAddPacked) -> np.ndarray:
         """Run once on numpy codes (convenience; binds every call)."""
         return self.bind(packed)(x)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class BoundShiftAdd:
-    """A compiled layer with its parameters resident on the device."""
-
-    kernel: ShiftAddKernel
-    params: tuple
-
-    def _args(self, x: np.ndarray):
-        import tvm
-
-        spec = self.kernel.spec
-        if x.shape != (spec.M, spec.K):
-            raise LoweringError(
-                f"shiftadd: input shape {x.shape}, kernel built for ({spec.M}, {spec.K})")
-        dev = tvm.cpu()
-        return (tvm.runtime.tensor(np.ascontiguousarray(x, dtype=spec.a_dtype), dev),
-                *self.params,
-                tvm.runtime.tensor(np.empty((spec.M, spec.N), spec.out_dtype), dev))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        args = self._args(np.asarray(x))
-        self.kernel.lib["main"](*args)
-        return args[-1].numpy()
-
-    def timer(self, x: np.ndarray, number: int = 100, repeat: int = 1):
-        """TVM ``time_evaluator`` over the whole layer with resident input / output."""
-        import tvm
-
-        args = self._args(np.asarray(x))
-        evaluator = self.kernel.lib.mod.time_evaluator("main", tvm.cpu(), number=number,
-                                                       repeat=repeat)
-        return lambda: evaluator(*args)
+#: the shared bound layer, under the name this module exported before ``common.py``
+BoundShiftAdd = BoundLayer
 
 
 def build(spec: ShiftAddSpec, target: Target) -> ShiftAddKernel:

@@ -1,0 +1,133 @@
+"""What every kernel family shares: the requant output stage, the thread pool, bound layers.
+
+- :class:`OutputRange`: the requant output stage ``y = clamp(z_y + requant(acc), lo, hi)``
+  (zero point and clamp range in output codes); its :attr:`~OutputRange.dtype` is the kernel's
+  output dtype.
+- :func:`set_num_threads`: size TVM's CPU thread pool (all families run their parallel loop
+  there).
+- :func:`bind_layer` / :class:`BoundLayer`: upload a compiled layer's parameters to the device
+  once, then call it on numpy codes (``y = kernel(x, *params)``) or time it.
+
+Each family keeps its own checks of the packed weights (they differ per layout); this module
+only holds the steps that are identical across families.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...ir.errors import LoweringError
+
+__all__ = ["BoundLayer", "OutputRange", "bind_layer", "set_num_threads"]
+
+_INT32_MAX = (1 << 31) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRange:
+    """Requant output stage: zero point ``z_y`` and clamp range ``[lo, hi]`` (codes)."""
+
+    zero_point: int
+    lo: int
+    hi: int
+
+    def __post_init__(self):
+        # The "bitserial" prefix is kept from where this class was born: messages are matched.
+        if not -(1 << 31) <= self.lo <= self.hi <= _INT32_MAX:
+            raise LoweringError(
+                f"bitserial requant: empty or non-int32 output range [{self.lo}, {self.hi}]")
+        if abs(self.zero_point) >= (1 << 31):
+            raise LoweringError(f"bitserial requant: zero point {self.zero_point} beyond int32")
+
+    @property
+    def dtype(self) -> str:
+        """Smallest numpy integer dtype holding ``[lo, hi]`` (the kernel's output dtype)."""
+        for name in ("int8", "uint8", "int16", "int32"):
+            info = np.iinfo(name)
+            if info.min <= self.lo and self.hi <= info.max:
+                return name
+        raise AssertionError("checked in __post_init__")
+
+
+def set_num_threads(n: int) -> None:
+    """Size TVM's CPU thread pool for the kernels' parallel loops.
+
+    Sets ``TVM_NUM_THREADS`` and reconfigures the pool (``runtime.config_threadpool``). Measured
+    on TVM 0.27: the pool's default (and ``config_threadpool`` alone) runs even one thread as a
+    worker the caller waits on, ~10 us per call; with ``TVM_NUM_THREADS=1`` the parallel loop
+    runs inline in the caller (0.03 us), so single-thread layers must go through here (or set
+    the variable before the first call). Raising the count above the pool's first size may be
+    capped by TVM.
+    """
+    import os
+
+    import tvm
+
+    if n < 1:
+        raise LoweringError(f"set_num_threads: need >= 1 thread, got {n}")
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    tvm.get_global_func("runtime.config_threadpool")(0, n)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BoundLayer:
+    """A compiled layer with its parameters resident on the device.
+
+    ``kernel`` is a family's compiled kernel (``.spec`` with ``a_dtype`` / ``out_dtype``, and
+    ``.lib`` whose ``main`` takes ``(x, *params, y)``). A call checks ``x.shape == in_shape``,
+    then ``check_codes(x)`` if given (a family's code-range check; the kernels trust their
+    inputs), casts ``x`` to ``a_dtype`` and returns ``y`` of ``out_shape`` / ``out_dtype``.
+    """
+
+    kernel: object
+    params: tuple
+    family: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    check_codes: Callable[[np.ndarray], None] | None = None
+
+    def _args(self, x: np.ndarray) -> tuple:
+        import tvm
+
+        spec = self.kernel.spec
+        x = np.asarray(x)
+        if x.shape != self.in_shape:
+            raise LoweringError(f"{self.family}: input shape {x.shape}, kernel built for "
+                                f"{self.in_shape}")
+        if self.check_codes is not None:
+            self.check_codes(x)
+        dev = tvm.cpu()
+        return (tvm.runtime.tensor(np.ascontiguousarray(x, dtype=spec.a_dtype), dev),
+                *self.params,
+                tvm.runtime.tensor(np.empty(self.out_shape, spec.out_dtype), dev))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run on numpy codes; returns the output codes (or int32 accumulators)."""
+        args = self._args(x)
+        self.kernel.lib["main"](*args)
+        return args[-1].numpy()
+
+    def timer(self, x: np.ndarray, number: int = 100, repeat: int = 1):
+        """TVM ``time_evaluator`` over the whole layer with resident input / output."""
+        import tvm
+
+        args = self._args(x)
+        evaluator = self.kernel.lib.mod.time_evaluator("main", tvm.cpu(), number=number,
+                                                       repeat=repeat)
+        return lambda: evaluator(*args)
+
+
+def bind_layer(kernel, params: Sequence[np.ndarray], *, family: str,
+               in_shape: Sequence[int], out_shape: Sequence[int],
+               check_codes: Callable[[np.ndarray], None] | None = None) -> BoundLayer:
+    """Upload ``params`` (C-contiguous copies) to the CPU device once; a :class:`BoundLayer`."""
+    import tvm
+
+    dev = tvm.cpu()
+    return BoundLayer(kernel,
+                      tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in params),
+                      family, tuple(int(d) for d in in_shape), tuple(int(d) for d in out_shape),
+                      check_codes)
