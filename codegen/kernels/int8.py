@@ -714,8 +714,17 @@ def _build_dw_cached(spec: DepthwiseSpec, target: Target, zero_point: int) -> In
 
 # -- registry entry -------------------------------------------------------------------------------
 def operand_bits(qtype: QType, role: str) -> int | None:
-    """Bits of a QType this family computes with, or None: weights symmetric signed uniform
-    int2..int8 (zero points 0); activations uniform 8-bit (or fewer) with one zero point."""
+    """Bits of a QType this family computes with, or None. Weights: symmetric signed uniform
+    int2..int8 (zero points 0), and every format whose *integer weight values* (what
+    ``passes/fold_scales`` stores: binary ±1, ternary −1/0/1, pow2 ±2^s with s ≤ t) fit a
+    signed byte — binary and ternary as int2, pow2 as int(t + 2) when t ≤ 6 (t = 2^(bits−1) − 1
+    zero-free, one less with a zero code). Activations: uniform 8-bit (or fewer) with one zero
+    point."""
+    if role == "weight" and qtype.kind in (QKind.BINARY, QKind.TERNARY):
+        return 2
+    if role == "weight" and qtype.kind == QKind.POW2:
+        t = (1 << (qtype.bits - 1)) - (1 if qtype.zero_free else 2)
+        return t + 2 if t + 2 <= 8 else None
     if qtype.kind != QKind.UNIFORM or qtype.bits > 8:
         return None
     if role == "weight":
@@ -725,7 +734,7 @@ def operand_bits(qtype: QType, role: str) -> int | None:
 
 
 def accepts(w_qtype: QType, a_qtype: QType) -> bool:
-    """True for symmetric int2..int8 weights x uniform <= 8-bit per-tensor activations."""
+    """True for weights :func:`operand_bits` takes x uniform <= 8-bit per-tensor activations."""
     return (operand_bits(w_qtype, "weight") is not None
             and operand_bits(a_qtype, "activation") is not None)
 

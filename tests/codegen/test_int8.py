@@ -220,10 +220,31 @@ def test_registry_discovers_the_family():
     (_u(8, True), _u(8), True), (_u(4, True), _u(8, True, zp=(3,)), True),
     (_u(2, True), _u(8), True), (_u(8), _u(8), False), (_u(8, True, zp=(1,)), _u(8), False),
     (_u(1, True), _u(8), False), (_u(8, True), _u(16), False),
-    (_u(8, True), _u(8, zp=(1, 2)), False), (QType(QKind.BINARY, 1), _u(8), False),
+    (_u(8, True), _u(8, zp=(1, 2)), False), (QType(QKind.BINARY, 1), _u(8), True),
+    (QType(QKind.TERNARY, 2), _u(8), True), (QType(QKind.POW2, 4), _u(8), True),
+    (QType(QKind.POW2, 4, zero_free=True), _u(8), False),  # ±2^7 does not fit a byte
+    (QType(QKind.POW2, 3, zero_free=True), _u(8), True), (QType(QKind.CODEBOOK, 4), _u(8), False),
+    (QType(QKind.BINARY, 1), QType(QKind.BINARY, 1), False),  # sign activations: bitserial
 ])
 def test_accepts(w, a, ok):
     assert k8.accepts(w, a) is ok
+
+
+@pytest.mark.parametrize("kind,bits,zero_free,int_bits", [
+    (QKind.BINARY, 1, False, 2), (QKind.TERNARY, 2, False, 2), (QKind.POW2, 4, False, 8),
+    (QKind.POW2, 3, False, 4), (QKind.POW2, 3, True, 5)])
+def test_non_uniform_weights_fit_their_int_width(kind, bits, zero_free, int_bits):
+    """The integer weight values fold_scales stores for the format fit int<int_bits>, the
+    width the family computes them with."""
+    from lowbit.ir.qformats import fit_weights
+    from lowbit.ir.qtype import Granularity
+    from lowbit.passes.fold_scales import integer_weights
+
+    w = np.random.default_rng(0).standard_normal((16, 64)) * np.geomspace(1e-3, 1, 64)
+    qtype, _ = fit_weights(w, kind, bits, granularity=Granularity(0), zero_free=zero_free)
+    assert k8.operand_bits(qtype, "weight") == int_bits
+    values = np.asarray(integer_weights(w, qtype).values)
+    assert values.min() >= -(1 << (int_bits - 1)) and values.max() < (1 << (int_bits - 1))
 
 
 def test_accumulator_rule():
