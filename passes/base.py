@@ -14,6 +14,7 @@ return the very graph object it got; a not-in-place pass must leave its input's 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ class PassResult:
     changed: bool
 
 
-class Pass:
+class Pass(ABC):
     """Base class: subclasses set ``name``, ``in_place``, a docstring stating the rule, and
     implement :meth:`run`."""
 
@@ -48,9 +49,9 @@ class Pass:
         if not (cls.__doc__ or "").strip():
             raise PassError(f"pass class {cls.__name__} needs a docstring stating its rule")
 
+    @abstractmethod
     def run(self, graph: Graph) -> PassResult:
         """Apply the pass to ``graph``."""
-        raise NotImplementedError(f"pass {self.name} does not implement run()")
 
     def __call__(self, graph: Graph, *, check: bool = False) -> PassResult:
         """Run the pass and check its ``in_place`` declaration (the input-untouched check of a

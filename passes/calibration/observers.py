@@ -28,6 +28,8 @@ to about one bin width.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from ...ir.errors import CalibrationError
@@ -36,7 +38,7 @@ from ...ir.qformats import ACTIVATION_BITS, activation_qtype
 _SMOOTH_EPS = 1e-4
 
 
-class Observer:
+class Observer(ABC):
     """Base class: ``update(array)`` accumulates statistics, ``range()`` returns ``(lo, hi)``."""
 
     #: registry name (see :data:`OBSERVERS`)
@@ -65,14 +67,17 @@ class Observer:
         return float(lo), float(hi)
 
     # -- subclass hooks -----------------------------------------------------------------------
+    @abstractmethod
     def _update(self, x: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fold a flattened batch into the statistics."""
 
+    @abstractmethod
     def _seen(self) -> bool:
-        raise NotImplementedError
+        """True once any data was folded in."""
 
+    @abstractmethod
     def _range(self) -> tuple[float, float]:
-        raise NotImplementedError
+        """The chosen ``(lo, hi)`` from the statistics."""
 
 
 class MinMaxObserver(Observer):
