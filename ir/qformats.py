@@ -392,6 +392,24 @@ def _param(values, n_groups: int, qtype: QType, what: str) -> np.ndarray:
     return arr.ravel()
 
 
+def rescale_groups(groups, w_shape: tuple[int, ...], w_channel_axis: int):
+    """The reduction groups of a per-group weight rescale (``ir.attrs.GroupRescale``: axis,
+    size, multiplier, shift): ``(red, m, s)`` with ``red`` the reduction-group index r of every
+    weight element (C order over the non-channel parameter dims) and ``m`` / ``s`` the
+    ``(R, C)`` dyadic multipliers / shifts. The integer simulator and the lowering both read
+    the table from here, so they cannot disagree on the group order."""
+    gran = Granularity(groups.axis, groups.size)
+    pshape = group_shape(tuple(w_shape), gran)
+    gid, _ = group_index(tuple(w_shape), gran)
+    idx = np.unravel_index(gid, pshape)
+    others = [d for d in range(len(pshape)) if d != w_channel_axis]
+    red = np.ravel_multi_index([idx[d] for d in others], [pshape[d] for d in others])
+    n_red, n_ch = int(np.prod([pshape[d] for d in others])), pshape[w_channel_axis]
+    m = np.asarray(groups.multiplier, dtype=np.int64).reshape(n_red, n_ch)
+    s = np.asarray(groups.shift, dtype=np.int64).reshape(n_red, n_ch)
+    return red, m, s
+
+
 def group_params(qtype: QType, shape: tuple[int, ...]) -> np.ndarray:
     """The per-group parameters of ``qtype`` for a tensor of ``shape`` as float64: the scales
     ``(G,)``, or for a codebook the levels ``(G, k)`` (a single scale / row is broadcast to every

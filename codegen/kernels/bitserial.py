@@ -58,12 +58,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.dtypes import DType
-from ...ir.dyadic import MAX_SHIFT
 from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .common import BoundLayer, OutputRange, bind_layer, set_num_threads  # noqa: F401 (re-export)
+from .common import BoundLayer, OutputRange, bind_layer, dyadic_params, set_num_threads  # noqa: F401 (re-export)
 
 FORMATS_W = ("bipolar", "uint", "int")
 FORMATS_A = ("bipolar", "uint")
@@ -223,18 +222,7 @@ def pack_weights(spec: BitserialSpec, target: Target, w: np.ndarray, *, bias=Non
             f"bitserial: K={spec.K} with {spec.w_format}{spec.w_bits} x "
             f"{spec.a_format}{spec.a_bits} and this bias may overflow the int32 accumulator "
             f"(bound {bound}); split K or use a wider-accumulator kernel")
-    if spec.requant is None:
-        mult_a = shift_a = np.zeros(0, np.int64)
-    else:
-        if mult is None or shift is None:
-            raise LoweringError("bitserial: requant mode needs mult and shift (to_dyadic)")
-        mult_a = np.broadcast_to(np.asarray(mult, np.int64), (spec.N,)).copy()
-        shift_a = np.broadcast_to(np.asarray(shift, np.int64), (spec.N,)).copy()
-        if (np.any(mult_a < 0) or np.any(mult_a >= (1 << 31)) or np.any(shift_a < 0)
-                or np.any(shift_a > MAX_SHIFT)):
-            raise LoweringError(
-                f"bitserial: dyadic mult must be in [0, 2^31) and shift in [0, {MAX_SHIFT}]; "
-                f"build them with lowbit.ir.dyadic.to_dyadic")
+    mult_a, shift_a = dyadic_params("bitserial", spec.requant, spec.N, mult, shift)
     words = pack_bits(planes, target.popcount_bits)  # (bits, N, KW)
     tile = n_tile(target.popcount_bits)
     n_tiles = -(-spec.N // tile)

@@ -131,3 +131,25 @@ def bind_layer(kernel, params: Sequence[np.ndarray], *, family: str,
                       tuple(tvm.runtime.tensor(np.ascontiguousarray(p), dev) for p in params),
                       family, tuple(int(d) for d in in_shape), tuple(int(d) for d in out_shape),
                       check_codes)
+
+
+def dyadic_params(family: str, requant, N: int, mult,
+                  shift) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel dyadic ``(mult, shift)`` as int64 ``(N,)`` arrays for a layer's requant
+    epilogue (empty when ``requant`` is None: accumulator-out mode). Checked, never clamped:
+    ``mult`` in [0, 2^31) and ``shift`` in [0, MAX_SHIFT], as ``lowbit.ir.dyadic.to_dyadic``
+    builds them."""
+    from ...ir.dyadic import MAX_SHIFT
+
+    if requant is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if mult is None or shift is None:
+        raise LoweringError(f"{family}: requant mode needs mult and shift (to_dyadic)")
+    mult_a = np.broadcast_to(np.asarray(mult, np.int64), (N,)).copy()
+    shift_a = np.broadcast_to(np.asarray(shift, np.int64), (N,)).copy()
+    if (np.any(mult_a < 0) or np.any(mult_a >= (1 << 31)) or np.any(shift_a < 0)
+            or np.any(shift_a > MAX_SHIFT)):
+        raise LoweringError(
+            f"{family}: dyadic mult must be in [0, 2^31) and shift in [0, {MAX_SHIFT}]; "
+            f"build them with lowbit.ir.dyadic.to_dyadic")
+    return mult_a, shift_a

@@ -57,12 +57,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.dtypes import DType
-from ...ir.dyadic import MAX_SHIFT
 from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .common import BoundLayer, OutputRange, bind_layer, set_num_threads
+from .common import BoundLayer, OutputRange, bind_layer, dyadic_params, set_num_threads
 
 __all__ = [
     "FAMILY",
@@ -215,23 +214,8 @@ def pack_weights(spec: Int8Spec, target: Target, w: np.ndarray, *, bias=None,
             f"(bound {bound}); split K")
     z_u = a_zero_point + (128 if spec.a_dtype == "int8" else 0)
     offset = (bias - z_u * w.sum(0)).astype(np.int32)  # wraps mod 2^32 (module docstring)
-    mult_a, shift_a = _dyadic(spec.requant, spec.N, mult, shift)
+    mult_a, shift_a = dyadic_params("int8", spec.requant, spec.N, mult, shift)
     return PackedWeights(tile_weights(w.astype(np.int8), spec.block[1]), offset, mult_a, shift_a)
-
-
-def _dyadic(requant, N: int, mult, shift) -> tuple[np.ndarray, np.ndarray]:
-    if requant is None:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if mult is None or shift is None:
-        raise LoweringError("int8: requant mode needs mult and shift (to_dyadic)")
-    mult_a = np.broadcast_to(np.asarray(mult, np.int64), (N,)).copy()
-    shift_a = np.broadcast_to(np.asarray(shift, np.int64), (N,)).copy()
-    if (np.any(mult_a < 0) or np.any(mult_a >= (1 << 31)) or np.any(shift_a < 0)
-            or np.any(shift_a > MAX_SHIFT)):
-        raise LoweringError(
-            f"int8: dyadic mult must be in [0, 2^31) and shift in [0, {MAX_SHIFT}]; "
-            f"build them with lowbit.ir.dyadic.to_dyadic")
-    return mult_a, shift_a
 
 
 # -- TIR ----------------------------------------------------------------------------------------
@@ -630,7 +614,7 @@ def pack_depthwise_weights(spec: DepthwiseSpec, w: np.ndarray, *, bias=None,
     if bound > _INT32_MAX:
         raise LoweringError(f"int8 depthwise: bias up to {int(np.abs(bias).max())} may "
                             f"overflow the int32 accumulator")
-    mult_a, shift_a = _dyadic(spec.requant, spec.C, mult, shift)
+    mult_a, shift_a = dyadic_params("int8", spec.requant, spec.C, mult, shift)
     return PackedWeights(np.ascontiguousarray(w[:, 0].astype(np.int8)),
                          bias.astype(np.int32), mult_a, shift_a)
 

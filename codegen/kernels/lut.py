@@ -69,12 +69,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.dtypes import DType
-from ...ir.dyadic import MAX_SHIFT
 from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .common import BoundLayer, OutputRange, bind_layer
+from .common import BoundLayer, OutputRange, bind_layer, dyadic_params
 
 W_FORMATS = ("uint", "int", "ternary", "bipolar", "codebook")
 MAX_W_BITS = 4
@@ -325,18 +324,7 @@ def pack_weights(spec: LutSpec, target: Target, w: np.ndarray, *, bias=None,
         raise LoweringError(
             f"lut: K={spec.K} with {spec.w_format}{spec.w_bits} weights and this bias may "
             f"overflow the int32 accumulator (bound {bound}); split K")
-    if spec.requant is None:
-        mult_a = shift_a = np.zeros(0, np.int64)
-    else:
-        if mult is None or shift is None:
-            raise LoweringError("lut: requant mode needs mult and shift (to_dyadic)")
-        mult_a = np.broadcast_to(np.asarray(mult, np.int64), (spec.N,)).copy()
-        shift_a = np.broadcast_to(np.asarray(shift, np.int64), (spec.N,)).copy()
-        if (np.any(mult_a < 0) or np.any(mult_a >= (1 << 31)) or np.any(shift_a < 0)
-                or np.any(shift_a > MAX_SHIFT)):
-            raise LoweringError(
-                f"lut: dyadic mult must be in [0, 2^31) and shift in [0, {MAX_SHIFT}]; "
-                f"build them with lowbit.ir.dyadic.to_dyadic")
+    mult_a, shift_a = dyadic_params("lut", spec.requant, spec.N, mult, shift)
     return PackedWeights(pack_planes(planes, isa.lanes), offset.astype(np.int32), mult_a,
                          shift_a, isa.lanes)
 

@@ -56,12 +56,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir.dtypes import DType
-from ...ir.dyadic import MAX_SHIFT
 from ...ir.errors import LoweringError
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .common import BoundLayer, OutputRange, bind_layer, set_num_threads
+from .common import BoundLayer, OutputRange, bind_layer, dyadic_params, set_num_threads
 
 __all__ = [
     "VARIANTS",
@@ -245,18 +244,7 @@ def pack_weights(spec: ShiftAddSpec, target: Target, w: np.ndarray, *, bias=None
             f"shiftadd: K={spec.K} with these pow2 weights (|w| up to 2^{spec.top}) and "
             f"{spec.a_dtype[:-1]}{spec.a_bits} activations may overflow the int32 accumulator "
             f"(bound {bound}); split K or use fewer pow2 bits")
-    if spec.requant is None:
-        mult_a = shift_a = np.zeros(0, np.int64)
-    else:
-        if mult is None or shift is None:
-            raise LoweringError("shiftadd: requant mode needs mult and shift (to_dyadic)")
-        mult_a = np.broadcast_to(np.asarray(mult, np.int64), (spec.N,)).copy()
-        shift_a = np.broadcast_to(np.asarray(shift, np.int64), (spec.N,)).copy()
-        if (np.any(mult_a < 0) or np.any(mult_a >= (1 << 31)) or np.any(shift_a < 0)
-                or np.any(shift_a > MAX_SHIFT)):
-            raise LoweringError(
-                f"shiftadd: dyadic mult must be in [0, 2^31) and shift in [0, {MAX_SHIFT}]; "
-                f"build them with lowbit.ir.dyadic.to_dyadic")
+    mult_a, shift_a = dyadic_params("shiftadd", spec.requant, spec.N, mult, shift)
     NP, KP = spec.n_blocks * BLOCK, spec.k_padded
     fields = np.zeros((KP, NP), np.uint8)  # padding: +1 * 0 (padded u is 0)
     fields[:spec.K, :spec.N] = encode_fields(w, spec)

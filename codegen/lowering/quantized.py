@@ -29,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...ir import Op
-from ...ir.qformats import group_index, group_shape
-from ...ir.qtype import Granularity
+from ...ir.qformats import rescale_groups
 from . import fail, out_dtype, out_shape, register_lowering
 
 _INT32_MAX = (1 << 31) - 1
@@ -119,16 +118,8 @@ def _acc_type(x_max: int, abs_colsum_max: int, acc_shift: int, offset: np.ndarra
 def _group_weights(node, w: np.ndarray, w_channel_axis: int):
     """Masked weight stack (R, *w.shape) and (R, C) multipliers / shifts of a GroupRescale
     (the reference's reduction-group index r, C-order over the non-channel parameter dims)."""
-    groups = node.attrs.groups
-    gran = Granularity(groups.axis, groups.size)
-    pshape = group_shape(w.shape, gran)
-    gid, _ = group_index(w.shape, gran)
-    idx = np.unravel_index(gid, pshape)
-    others = [d for d in range(len(pshape)) if d != w_channel_axis]
-    red = np.ravel_multi_index([idx[d] for d in others], [pshape[d] for d in others])
-    n_red, n_ch = int(np.prod([pshape[d] for d in others])), pshape[w_channel_axis]
-    m = np.asarray(groups.multiplier, dtype=np.int64).reshape(n_red, n_ch)
-    s = np.asarray(groups.shift, dtype=np.int64).reshape(n_red, n_ch)
+    red, m, s = rescale_groups(node.attrs.groups, w.shape, w_channel_axis)
+    n_red = m.shape[0]
     half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
     stack = np.stack([np.where(red == r, w, 0) for r in range(n_red)]).astype(w.dtype)
     return stack, m, s, half

@@ -27,8 +27,7 @@ import numpy as np
 from ...ir import Op
 from ...ir.dyadic import requantize
 from ...ir.errors import LowbitError
-from ...ir.qformats import dequantize, group_index, group_shape, quantize
-from ...ir.qtype import Granularity
+from ...ir.qformats import dequantize, quantize, rescale_groups
 from . import fail, kernel
 from .conv import conv, conv_transpose
 
@@ -98,17 +97,9 @@ def _accumulate(node, linear, x: np.ndarray, w: np.ndarray, bias, w_channel_axis
     if groups is None:
         acc = _exact(linear, xi, w)
     else:
-        gran = Granularity(groups.axis, groups.size)
-        pshape = group_shape(w.shape, gran)
-        gid, _ = group_index(w.shape, gran)
-        idx = np.unravel_index(gid, pshape)
-        others = [d for d in range(len(pshape)) if d != w_channel_axis]
-        red = np.ravel_multi_index([idx[d] for d in others], [pshape[d] for d in others])
-        n_red, n_ch = int(np.prod([pshape[d] for d in others])), pshape[w_channel_axis]
-        m = np.asarray(groups.multiplier, dtype=np.int64).reshape(n_red, n_ch)
-        s = np.asarray(groups.shift, dtype=np.int64).reshape(n_red, n_ch)
+        red, m, s = rescale_groups(groups, w.shape, w_channel_axis)
         acc = None
-        for r in range(n_red):
+        for r in range(m.shape[0]):
             mask = red == r
             part = _exact(linear, xi, np.where(mask, w, 0))
             part = requantize(part, m[r], s[r], 0, -(1 << 63), _INT64_MAX, out_channel_axis)
