@@ -203,8 +203,10 @@ def integer_weights(w: np.ndarray, qtype: QType) -> IntegerWeight:
         values = np.where(zero[gid], 0, values)
         positive = unit[~zero]
         unit = np.where(zero, positive.max() if positive.size else 1.0, unit)
-    max_abs = int(np.abs(values).max()) if values.size else 0
-    dtype = DType.int(max(2, max_abs.bit_length() + 1))
+    lo = int(values.min()) if values.size else 0
+    hi = int(values.max()) if values.size else 0
+    # the smallest signed width holding [lo, hi]: -2^(b-1) <= lo and hi <= 2^(b-1) - 1
+    dtype = DType.int(max(2, (-lo - 1).bit_length() + 1 if lo < 0 else 2, hi.bit_length() + 1))
     attached = qtype
     if kind == QKind.UNIFORM:
         attached = replace(qtype, bits=dtype.bits, signed=True,
