@@ -192,29 +192,45 @@ class Calibrate(Pass):
         if not todo:
             return PassResult(graph, False)
         calib = as_calibration_set(graph, self.calib)
-        observers: dict[str, Observer | _MeanAbs] = {}
-        for node in todo:
-            qtype = node.attrs.qtype
-            observers[node.name] = _MeanAbs() if qtype.kind == QKind.BINARY else \
-                make_observer(self.method, qtype.bits)
+        observers = {node.name: observer_for(node, self.method) for node in todo}
         interp = _ObservingInterpreter(graph, observers)
         for feed in batches(calib, f"calibrating ({self.method})"):
             interp.run(feed)
         for node in todo:
-            node.attrs = FakeQuantAttrs(self._fit(node, observers[node.name]), "activation")
+            node.attrs = FakeQuantAttrs(fit_observed(node, observers[node.name]), "activation")
         return PassResult(graph, True)
 
-    def _fit(self, node: Node, observer) -> QType:
-        qtype = node.attrs.qtype
-        if qtype.kind == QKind.BINARY:
-            alpha = observer.scale()
-            node.meta["calib_range"] = f"mean|x|={alpha:.6g}"
-            return QType(QKind.BINARY, 1, True, scale=(alpha if alpha > 0 else 1.0,))
-        if qtype.kind != QKind.UNIFORM:
-            raise CalibrationError(
-                f"FakeQuant node '{node.name}': activations are uniform or binary, not "
-                f"{qtype.kind.value}; fix the recipe's activation format")
-        lo, hi = observer.range()
-        node.meta["calib_range"] = f"[{lo:.6g}, {hi:.6g}]"
-        signed = lo < 0 if node.meta.get("signed_auto") else qtype.signed
-        return activation_qtype(lo, hi, qtype.bits, signed)
+
+def observer_for(node: Node, method: str) -> Observer | _MeanAbs:
+    """A fresh observer for the activation FakeQuant ``node``: ``mean |x|`` for binary, else
+    :func:`make_observer` of ``method`` at the node's bits."""
+    qtype = node.attrs.qtype
+    return _MeanAbs() if qtype.kind == QKind.BINARY else make_observer(method, qtype.bits)
+
+
+def calibrate_node(node: Node, arrays: Iterable[np.ndarray], method: str = "minmax") -> None:
+    """Calibrate one activation FakeQuant from the arrays its input takes (one per batch, in
+    order) -- what :class:`Calibrate` does for that node when the arrays are already known
+    (e.g. a float value upstream of every other FakeQuant). Same observers, same rule."""
+    observer = observer_for(node, method)
+    for array in arrays:
+        observer.update(array)
+    node.attrs = FakeQuantAttrs(fit_observed(node, observer), "activation")
+
+
+def fit_observed(node: Node, observer) -> QType:
+    """The calibrated QType of activation FakeQuant ``node`` from its filled ``observer``
+    (module docstring); records ``node.meta["calib_range"]``."""
+    qtype = node.attrs.qtype
+    if qtype.kind == QKind.BINARY:
+        alpha = observer.scale()
+        node.meta["calib_range"] = f"mean|x|={alpha:.6g}"
+        return QType(QKind.BINARY, 1, True, scale=(alpha if alpha > 0 else 1.0,))
+    if qtype.kind != QKind.UNIFORM:
+        raise CalibrationError(
+            f"FakeQuant node '{node.name}': activations are uniform or binary, not "
+            f"{qtype.kind.value}; fix the recipe's activation format")
+    lo, hi = observer.range()
+    node.meta["calib_range"] = f"[{lo:.6g}, {hi:.6g}]"
+    signed = lo < 0 if node.meta.get("signed_auto") else qtype.signed
+    return activation_qtype(lo, hi, qtype.bits, signed)

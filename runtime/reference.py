@@ -70,15 +70,32 @@ class Interpreter:
         return get_kernel(node.op)(node, inputs)
 
     # -- driver -------------------------------------------------------------------------------
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray],
+            initial_env: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Validate ``feeds`` (graph input name -> array), run every node, and return the graph
-        outputs keyed by name, in ``graph.outputs`` order, in their declared dtypes."""
+        outputs keyed by name, in ``graph.outputs`` order, in their declared dtypes.
+
+        ``initial_env`` (value name -> array, as torch.fx's ``Interpreter.run(initial_env=)``)
+        resumes from a cut: those values count as computed, and a node whose outputs all
+        appear there is skipped. The caller vouches that the arrays are what the skipped nodes
+        would compute (e.g. a float prefix shared by a graph and its one-layer-quantized copy).
+        """
         graph = self.graph
         self.env = dict(self.validate_feeds(feeds))
+        given = set()
+        if initial_env:
+            by_name = {v.name: v for node in graph.nodes for v in node.outputs}
+            for name, array in initial_env.items():
+                value = by_name.get(name)
+                if value is not None:
+                    self.env[value] = array
+                    given.add(value)
         remaining = self._use_counts()
         keep = {id(v) for v in graph.outputs}
         with np.errstate(all="ignore"):
             for node in graph.nodes:
+                if given and node.outputs and all(v in given for v in node.outputs):
+                    continue
                 inputs = [self._fetch(node, v) for v in node.inputs]
                 try:
                     results = self.run_node(node, inputs)
