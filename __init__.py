@@ -12,6 +12,13 @@ Compile and run::
     art.save("model.lbx")
     outs = lowbit.Session("model.lbx").run(None, {"x": x})
 
+Per-layer plans under a budget (issue 5)::
+
+    plan = lowbit.plan("model.onnx", "x86", calib="calib.npz", budget="size=0.25")
+    plan.save("plan.toml")                                  # a recipe: --recipe plan.toml
+    art = lowbit.compile("model.onnx", quant="auto", budget={"latency": "0.6x"},
+                         calib="calib.npz")
+
 Issue 3::
 
     qgraph = lowbit.quantize("model.onnx", quant="w4a8", calib="calib.npz",
@@ -51,14 +58,31 @@ def quantize(model_or_graph, quant="w4a8", calib=None, recipe=None, calibration=
 
 
 def compile(model, target="x86", quant="w4a8", calib=None, recipe=None,
-            input_shapes=None, *, threads=None, dump_ir=None):
+            input_shapes=None, *, threads=None, dump_ir=None, budget=None, max_drop=None,
+            eval=None):
     """Quantize (unless ``quant == "none"``), lower and compile an ONNX model for ``target``;
     returns an :class:`~lowbit.runtime.artifact.Artifact` (``.save(path)``, then
-    ``lowbit.Session(path)``). See :func:`lowbit.compiler.driver.compile_model`."""
+    ``lowbit.Session(path)``). ``quant="auto"`` picks each layer's format, bits and kernel
+    under ``budget`` (``"size=0.25,latency=0.6x"`` or ``{"size": 0.25}``), or the fastest plan
+    within ``max_drop`` points on labelled ``eval`` data. See
+    :func:`lowbit.compiler.driver.compile_model`."""
     from .compiler.driver import compile as _impl
 
     return _impl(model, target, quant, calib, recipe, input_shapes, threads=threads,
-                 dump_ir=dump_ir)
+                 dump_ir=dump_ir, budget=budget, max_drop=max_drop, eval=eval)
+
+
+def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,
+         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None):
+    """The ``--quant auto`` plan of ``model`` for ``target``: per-layer sensitivity on
+    ``calib``, kernel latencies measured on ``target``, an ILP under ``budget`` (CLI string or
+    dict), or with ``max_drop`` + ``eval`` the fastest measured plan within the drop. Returns a
+    :class:`~lowbit.compiler.allocate.Plan` (``.rows()``, ``.save("plan.toml")``). See
+    :func:`lowbit.compiler.planner.plan`."""
+    from .compiler.planner import plan as _impl
+
+    return _impl(model, target, calib, budget, max_drop, eval, input_shapes=input_shapes,
+                 candidates=candidates, metric=metric, cache_dir=cache_dir)
 
 
 def __getattr__(name):
@@ -82,6 +106,7 @@ __all__ = [
     "__version__",
     "compile",
     "import_onnx",
+    "plan",
     "quantize",
     "run_reference",
 ]

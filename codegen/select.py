@@ -199,9 +199,6 @@ def _single_thread():
 def measure_layer(node: Node, family: str, target) -> float:
     """Median µs of ``node`` compiled alone on ``family`` for ``target`` (host only), one
     thread, cache-hot (module docstring)."""
-    import tvm
-    from tvm import relax
-
     from .build import build
 
     graph = layer_graph(node, family)
@@ -214,15 +211,49 @@ def measure_layer(node: Node, family: str, target) -> float:
             f"{node.op.value} node '{node.name}': kernel family '{family}' failed to compile "
             f"for timing: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''};"
             f" force another kernel for this layer in the recipe") from err
+    return time_executable(ex, [_codes(graph.inputs[0], np.random.default_rng(0))])
+
+
+def time_executable(ex, inputs) -> float:
+    """Median µs of ``main(*inputs)`` of a compiled Relax executable on this CPU: one thread,
+    one warm-up call (first-touching the weights), then :data:`REPEATS` repeats of at least
+    :data:`MIN_REPEAT_MS` ms each (cache-hot)."""
+    import tvm
+    from tvm import relax
+
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
-    x = tvm.runtime.tensor(_codes(graph.inputs[0], np.random.default_rng(0)), dev)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
     with _single_thread():
-        vm["main"](x)  # warm up (and first-touch the weights)
+        vm["main"](*args)
         timer = vm.time_evaluator("main", dev, number=1, repeat=REPEATS,
                                   min_repeat_ms=MIN_REPEAT_MS)
-        result = timer(x)
+        result = timer(*args)
     return float(np.median(result.results)) * 1e6
+
+
+def measure_pool(node: Node, pool, target, cache: MeasurementCache
+                 ) -> tuple[dict[str, float], int]:
+    """``({family: µs}, how many came from cache)`` for every family of ``pool`` on ``node``:
+    the cached figure (:func:`layer_key`) or a new :func:`measure_layer`, put in ``cache``
+    (the caller saves it)."""
+    times, n_cached = {}, 0
+    for family in pool:
+        key = layer_key(node, target, family)
+        us = cache.get(key)
+        if us is None:
+            us = measure_layer(node, family, target)
+            cache.put(key, us)
+        else:
+            n_cached += 1
+        times[family] = us
+    return times, n_cached
+
+
+def open_cache(cache_dir=None) -> MeasurementCache:
+    """The measurement cache in ``cache_dir`` (default :func:`default_cache_path`)."""
+    return MeasurementCache(Path(cache_dir) / "kernels.json" if cache_dir is not None
+                            else default_cache_path())
 
 
 # -- selection ---------------------------------------------------------------------------------
@@ -276,9 +307,7 @@ def select_kernels(graph: Graph, target, *, forced: dict[str, str] | None = None
     timing = measure and target.runs_on_host()
     cache = None
     if timing:
-        path = Path(cache_dir) / "kernels.json" if cache_dir is not None else \
-            default_cache_path()
-        cache = MeasurementCache(path)
+        cache = open_cache(cache_dir)
     choices: dict[str, KernelChoice] = {}
     try:
         for node in layers:
@@ -293,16 +322,8 @@ def select_kernels(graph: Graph, target, *, forced: dict[str, str] | None = None
                 pool, source = [family], "forced"
             times: dict[str, float | None] = dict.fromkeys(pool)
             if timing:
-                n_cached = 0
-                for family in pool:
-                    key = layer_key(node, target, family)
-                    us = cache.get(key)
-                    if us is None:
-                        us = measure_layer(node, family, target)
-                        cache.put(key, us)
-                    else:
-                        n_cached += 1
-                    times[family] = us
+                measured, n_cached = measure_pool(node, pool, target, cache)
+                times.update(measured)
                 if source == "measured" and n_cached == len(pool):
                     source = "cached"
                 choice = min(pool, key=lambda f: (times[f], f))

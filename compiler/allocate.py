@@ -178,6 +178,11 @@ class Plan:
     choice: tuple[int, ...]
     latency: np.ndarray | None
     budget: Budget
+    #: ``kernels[l][c]``: the family measured fastest for layer l at candidate c (None: the
+    #: candidate's own kernel, or ``auto``)
+    kernels: tuple[tuple[str, ...], ...] | None = None
+    #: measured whole-model time outside the quantized layers (ms; None: unknown)
+    remainder_ms: float | None = None
 
     @property
     def candidates(self) -> dict[str, str]:
@@ -200,7 +205,29 @@ class Plan:
 
     @property
     def latency_ms(self) -> float | None:
+        """Summed latency of the chosen layer kernels (ms; None without costs)."""
         return None if self.latency is None else self._pick(self.latency)
+
+    @property
+    def predicted_ms(self) -> float | None:
+        """Predicted whole-model latency: :attr:`latency_ms` plus :attr:`remainder_ms`."""
+        if self.latency is None:
+            return None
+        return self._pick(self.latency) + (self.remainder_ms or 0.0)
+
+    def kernel(self, l: int) -> str:
+        """The kernel family of layer ``l`` in this plan (``auto``: the selector decides)."""
+        cand = self.table.candidates[self.choice[l]]
+        if cand.kernel is not None:
+            return cand.kernel
+        return self.kernels[l][self.choice[l]] if self.kernels is not None else "auto"
+
+    @property
+    def reconstructs(self) -> bool:
+        """True when a chosen format is one the presets refine with layer-wise reconstruction
+        (ternary, binary, pow2, codebook, uniform <= 2 bits)."""
+        return any(self.table.candidates[c].weights.format != "uniform"
+                   or self.table.candidates[c].weights.bits <= 2 for c in self.choice)
 
     @property
     def mean_bits(self) -> float:
@@ -211,11 +238,17 @@ class Plan:
 
     def to_recipe(self) -> Recipe:
         """A recipe that quantizes exactly the planned layers at their candidates: base
-        ``preset("none")`` (everything else float, no first/last rule, no PTQ) plus one
-        ``nodes`` override per layer. Reusable with ``--recipe``."""
-        nodes = {info.name: self.table.candidates[c].override
-                 for info, c in zip(self.table.layers, self.choice)}
-        return replace(preset("none"), nodes=nodes)
+        ``preset("none")`` (everything else float, no first/last rule) plus one ``nodes``
+        override per layer with its format and measured-fastest kernel; reconstruction on when
+        :attr:`reconstructs`. Reusable with ``--recipe``."""
+        nodes = {}
+        for l, (info, c) in enumerate(zip(self.table.layers, self.choice)):
+            override = self.table.candidates[c].override
+            kernel = self.kernel(l)
+            nodes[info.name] = replace(override, kernel=None if kernel == "auto" else kernel)
+        base = preset("none")
+        return replace(base, nodes=nodes,
+                       ptq=replace(base.ptq, reconstruct=self.reconstructs))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_recipe` as TOML / JSON (by suffix), atomically."""
@@ -228,7 +261,7 @@ class Plan:
             cand = self.table.candidates[c]
             out.append(AllocationRow(
                 info.name, cand.weights.format,
-                f"w{cand.weights.bits}a{cand.activations.bits}", cand.kernel or "auto",
+                f"w{cand.weights.bits}a{cand.activations.bits}", self.kernel(l),
                 float(self.table.sensitivity[l, c]),
                 None if self.latency is None else float(self.latency[l, c]),
                 round(self.table.weight_bytes[l, c])))
@@ -256,25 +289,49 @@ def _latency_matrix(table, costs) -> np.ndarray | None:
         if matrix.shape != shape:
             raise QuantizationError(
                 f"costs has shape {matrix.shape}; expected {shape} (layers x candidates, ms)")
-    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
-        raise QuantizationError("costs: every latency must be a finite number of ms >= 0")
+    # NaN in an array: no kernel takes that layer at that candidate (excluded from the ILP)
+    if np.any(np.isinf(matrix)) or np.any(matrix < 0):
+        raise QuantizationError("costs: every latency must be a finite number of ms >= 0 "
+                                "(NaN in an array: that candidate is impossible for the layer)")
+    if np.any(np.all(np.isnan(matrix), axis=1)):
+        l = int(np.nonzero(np.all(np.isnan(matrix), axis=1))[0][0])
+        raise QuantizationError(
+            f"layer '{table.layers[l].name}': no candidate has a latency (no kernel takes it "
+            f"at any candidate); add a candidate the int8 or reference kernel accepts")
     return matrix
 
 
-def int8_latency(table, latency: np.ndarray) -> float:
-    """Latency (ms) of the int8 plan: per layer the fastest w8a8 uniform candidate."""
-    int8 = [c for c, cand in enumerate(table.candidates)
+def _masked_min(matrix: np.ndarray, allowed: np.ndarray) -> float:
+    """``sum_l min_{c allowed} matrix[l, c]``: the least any plan can spend on one row."""
+    return float(np.where(allowed, matrix, np.inf).min(axis=1).sum())
+
+
+def int8_candidates(table) -> list[int]:
+    """Indices of the uniform w8a8 candidates."""
+    return [c for c, cand in enumerate(table.candidates)
             if cand.weights.format == "uniform" and cand.weights.bits == 8
             and cand.activations.format == "uniform" and cand.activations.bits == 8]
+
+
+def int8_latency(table, latency: np.ndarray, remainder_ms: float = 0.0) -> float:
+    """Latency (ms) of the int8 plan: per layer the fastest w8a8 uniform candidate, plus the
+    measured remainder of the model."""
+    int8 = int8_candidates(table)
     if not int8:
         raise QuantizationError(
             "latency=...x is a ratio of the int8 plan, but no candidate is uniform w8a8; add "
             "one or give the latency budget in ms (latency=2.5ms)")
-    return float(latency[:, int8].min(axis=1).sum())
+    sub = latency[:, int8]
+    if np.any(np.all(np.isnan(sub), axis=1)):
+        raise QuantizationError(
+            "latency=...x is a ratio of the int8 plan, but a layer has no w8a8 kernel; give "
+            "the latency budget in ms (latency=2.5ms)")
+    return float(np.nanmin(sub, axis=1).sum()) + remainder_ms
 
 
-def _rows(table, latency, budget: Budget):
-    """(name, coefficient matrix, limit, exact-unit text) per budget given."""
+def _rows(table, latency, budget: Budget, remainder_ms: float = 0.0):
+    """(name, coefficient matrix, limit) per budget given; the latency row bounds the layer
+    kernels' sum, i.e. the budget minus the remainder."""
     params = np.array([i.params for i in table.layers], dtype=np.float64)
     fp32 = float(sum(i.fp32_bytes for i in table.layers))
     rows = []
@@ -288,8 +345,8 @@ def _rows(table, latency, budget: Budget):
                 "a latency budget needs per-candidate latencies: pass costs= "
                 "{(layer, candidate): ms}")
         limit = budget.latency if budget.latency_unit == "ms" \
-            else budget.latency * int8_latency(table, latency)
-        rows.append(("latency", latency, limit))
+            else budget.latency * int8_latency(table, latency, remainder_ms)
+        rows.append(("latency", np.nan_to_num(latency), limit - remainder_ms))
     if budget.bits is not None:
         bits = np.array([c.weights.bits for c in table.candidates], dtype=np.float64)
         rows.append(("bits", np.outer(params, bits), budget.bits * params.sum()))
@@ -301,22 +358,25 @@ def _up(value: float, digits: int = 4) -> float:
     return math.ceil(value * 10 ** digits - 1e-6) / 10 ** digits
 
 
-def _smallest(table, latency, budget: Budget, name: str, matrix: np.ndarray) -> str:
+def _smallest(table, latency, budget: Budget, name: str, matrix: np.ndarray,
+              allowed: np.ndarray, remainder_ms: float = 0.0) -> str:
     """The smallest feasible value of one budget dimension, in the user's unit, rounded up."""
-    least = float(matrix.min(axis=1).sum())
+    least = _masked_min(matrix, allowed)
     if name == "size":
         fp32 = sum(i.fp32_bytes for i in table.layers)
         return f"size={_up(least / fp32)} ({round(least)} bytes)" \
             if budget.size_unit == "ratio" else f"size={round(least)}B"
     if name == "latency":
+        least += remainder_ms
         if budget.latency_unit == "ms":
             return f"latency={_up(least)}ms"
-        return f"latency={_up(least / int8_latency(table, latency))}x ({_up(least)}ms)"
+        base = int8_latency(table, latency, remainder_ms)
+        return f"latency={_up(least / base)}x ({_up(least)}ms)"
     params = sum(i.params for i in table.layers)
     return f"bits={_up(least / params)}"
 
 
-def _solve(cost: np.ndarray, rows, layers: int, candidates: int):
+def _solve(cost: np.ndarray, rows, layers: int, candidates: int, allowed: np.ndarray):
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     n = layers * candidates
@@ -327,7 +387,8 @@ def _solve(cost: np.ndarray, rows, layers: int, candidates: int):
     for _, matrix, limit in rows:
         scale = limit if limit > 0 else 1.0
         constraints.append(LinearConstraint(matrix.reshape(1, n) / scale, -np.inf, limit / scale))
-    result = milp(cost.reshape(n), integrality=np.ones(n), bounds=Bounds(0, 1),
+    upper = allowed.reshape(n).astype(np.float64)
+    result = milp(cost.reshape(n), integrality=np.ones(n), bounds=Bounds(0, upper),
                   constraints=constraints, options={"mip_rel_gap": 0.0, "presolve": True})
     if result.x is None:
         return None
@@ -336,43 +397,55 @@ def _solve(cost: np.ndarray, rows, layers: int, candidates: int):
     return tuple(int(np.argmax(row)) for row in x)
 
 
-def allocate(table, costs=None, budget="size=1.0") -> Plan:
+def allocate(table, costs=None, budget="size=1.0", *, kernels=None,
+             remainder_ms: float | None = None) -> Plan:
     """Choose one candidate per layer of ``table`` minimising summed sensitivity under
-    ``budget`` (a :class:`Budget`, CLI string or dict); ``costs`` holds the latency in ms of
-    every (layer name, candidate name) pair, as a dict or a layers x candidates array (needed
-    only for a latency budget). The ILP and the infeasibility message: module docstring."""
-    budget = parse_budget(budget)
+    ``budget`` (a :class:`Budget`, CLI string or dict; None: no bound, the least damaging
+    plan); ``costs`` holds the latency in ms of every (layer name, candidate name) pair, as a
+    dict or a layers x candidates array in which NaN marks a candidate no kernel takes for that
+    layer (needed only for a latency budget). ``kernels[l][c]``: the family measured for each
+    pair (recorded in the plan); ``remainder_ms``: the measured time outside the layers, added
+    to every plan's predicted latency. The ILP and the infeasibility message: module
+    docstring."""
+    budget = Budget() if budget is None else parse_budget(budget)
     latency = _latency_matrix(table, costs)
     layers, cands = len(table.layers), len(table.candidates)
-    rows = _rows(table, latency, budget)
-    too_tight = [(name, m) for name, m, limit in rows if m.min(axis=1).sum() > limit * (1 + 1e-9)]
+    allowed = np.ones((layers, cands), dtype=bool) if latency is None else ~np.isnan(latency)
+    rem = remainder_ms or 0.0
+    rows = _rows(table, latency, budget, rem)
+    too_tight = [(name, m) for name, m, limit in rows
+                 if _masked_min(m, allowed) > limit * (1 + 1e-9) + 1e-12]
     if too_tight:
         raise QuantizationError(
             f"budget {budget} is infeasible; smallest feasible: "
-            + ", ".join(_smallest(table, latency, budget, n, m) for n, m in too_tight))
+            + ", ".join(_smallest(table, latency, budget, n, m, allowed, rem)
+                        for n, m in too_tight))
     # Shift each row by its minimum (a constant under one-hot rows) and scale so that the
     # smallest nonzero excess is 1: HiGHS's absolute gap tolerance then cannot hide a better plan.
-    sens = np.asarray(table.sensitivity, dtype=np.float64)
+    sens = np.where(allowed, np.asarray(table.sensitivity, dtype=np.float64), np.inf)
     excess = sens - sens.min(axis=1, keepdims=True)
-    positive = excess[excess > 0]
+    positive = excess[np.isfinite(excess) & (excess > 0)]
     cost = excess / positive.min() if positive.size else excess
+    cost = np.where(allowed, cost, 0.0)
     for _attempt in range(4):
-        choice = _solve(cost, rows, layers, cands)
+        choice = _solve(cost, rows, layers, cands, allowed)
         if choice is None:
             raise QuantizationError(
                 f"budget {budget} is infeasible: each budget alone can be met (smallest: "
-                + ", ".join(_smallest(table, latency, budget, n, m) for n, m, _ in rows)
+                + ", ".join(_smallest(table, latency, budget, n, m, allowed, rem)
+                            for n, m, _ in rows)
                 + ") but not all together; relax one of them")
         slips = [(i, float(sum(m[l, c] for l, c in enumerate(choice))) - limit)
                  for i, (_, m, limit) in enumerate(rows)]
         slips = [(i, over) for i, over in slips if over > 1e-9 * max(1.0, abs(rows[i][2]))]
         if not slips:
-            return Plan(table, choice, latency, budget)
+            return Plan(table, choice, latency, budget, kernels, remainder_ms)
         for i, over in slips:  # a solver tolerance let a row slip: tighten it and re-solve
             name, matrix, limit = rows[i]
             rows[i] = (name, matrix, limit - 2 * over)
     raise AssertionError("the ILP kept violating a budget row after tightening")
 
 
-__all__ = ["BUDGET_KEYS", "AllocationRow", "Budget", "Plan", "allocate", "int8_latency",
+__all__ = ["BUDGET_KEYS", "AllocationRow", "Budget", "Plan", "allocate", "int8_candidates",
+           "int8_latency",
            "parse_budget"]

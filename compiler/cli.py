@@ -90,6 +90,10 @@ def _cmd_inspect(args) -> int:
         return _inspect_quantized(args, shapes)
     if args.calib is not None or args.calibration is not None:
         raise _CliError("--calib / --calibration need --quant PRESET or --recipe FILE")
+    for flag, value in (("--budget", args.budget), ("--max-drop", args.max_drop),
+                        ("--eval", args.eval), ("--save-plan", args.save_plan)):
+        if value is not None:
+            raise _CliError(f"{flag} applies to --quant auto; add --quant auto")
     graph = import_onnx(args.model, input_shapes=shapes or None)
     if args.passes == "default":
         graph = default_pipeline(dump_dir=args.dump_ir)(graph).graph
@@ -106,18 +110,34 @@ def _cmd_inspect(args) -> int:
 
 def _inspect_quantized(args, shapes) -> int:
     from ..ir import to_json
+    from .driver import check_auto
     from .quantize import quantize, weight_size
 
     if args.passes != "default":
         raise _CliError("--quant / --recipe run the default passes first; drop --passes none")
+    max_drop = _max_drop(args.max_drop)
+    check_auto(args.quant, args.calib, args.recipe, args.budget, max_drop, args.eval)
+    save_plan = _plan_path(args.save_plan, args.quant)
+    recipe, plan = args.recipe, None
+    if args.quant == "auto":
+        from .driver import _plan
+        from .planner import format_plan
+
+        plan = _plan(args.model, args.target, args.calib, shapes or None, args.budget,
+                     max_drop, args.eval)
+        recipe = plan.to_recipe()
     graph = quantize(args.model, quant=args.quant or "w4a8", calib=args.calib,
-                     recipe=args.recipe, calibration=args.calibration or "minmax",
+                     recipe=recipe, calibration=args.calibration or "minmax",
                      input_shapes=shapes or None, dump_ir=args.dump_ir)
+    if save_plan is not None:
+        plan.save(save_plan)
     if args.format == "json":
         text = to_json(graph) + "\n"
     else:
         text = str(graph)
         text += ("" if text.endswith("\n") else "\n") + f"{weight_size(graph)}\n"
+        if plan is not None:
+            text += "\nplan (--quant auto):\n" + format_plan(plan)
     if args.output:
         write_atomic(args.output, text)
     else:
@@ -161,21 +181,74 @@ def _cmd_compile(args) -> int:
                         f"model.lbx")
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise _CliError(f"-o {args.output!r}: folder {str(out.parent)!r} does not exist")
-    check_request(args.quant, args.calib, args.recipe, args.target)  # fail before any stage
+    max_drop = _max_drop(args.max_drop)
+    check_request(args.quant, args.calib, args.recipe, args.target, budget=args.budget,
+                  max_drop=max_drop, eval=args.eval)  # fail before any stage
+    save_plan = _plan_path(args.save_plan, args.quant)
     log = stage_log_for(sys.stderr, quiet=args.quiet)
     try:
         result = compile_model(args.model, args.target, args.quant, args.calib, args.recipe,
-                               shapes, threads=args.threads, dump_ir=args.dump_ir, log=log)
+                               shapes, threads=args.threads, dump_ir=args.dump_ir, log=log,
+                               budget=args.budget, max_drop=max_drop, eval=args.eval)
         with log.stage("save", str(out)):
             result.artifact.save(out)
+            if save_plan is not None:
+                result.plan.save(save_plan)
     finally:
         log.close()
     total = sum(s for _, s in log.times)
     if not args.quiet:
         art = result.artifact
+        if result.plan is not None:
+            sys.stderr.write(_plan_report(result.plan, art))
         print(f"lowbit: wrote {out} ({out.stat().st_size:,} bytes, target {art.target.name}, "
-              f"{len(art.plan)} quantized layers) in {total:.2f} s", file=sys.stderr)
+              f"{len(art.plan)} quantized layers) in {total:.2f} s"
+              + (f"; plan saved to {save_plan}" if save_plan is not None else ""),
+              file=sys.stderr)
     return 0
+
+
+def _max_drop(text) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise _CliError(f"--max-drop {text!r}: give accuracy points as a number, e.g. "
+                        f"--max-drop 1.0") from None
+    if not (value >= 0 and value == value and value != float("inf")):
+        raise _CliError(f"--max-drop {text!r}: give a finite number of points >= 0")
+    return value
+
+
+def _plan_path(text, quant) -> Path | None:
+    """``--save-plan`` checked up front: needs --quant auto, a .toml / .json name and an
+    existing folder."""
+    if text is None:
+        return None
+    if quant != "auto":
+        raise _CliError("--save-plan writes the plan of --quant auto; add --quant auto")
+    path = Path(text)
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise _CliError(f"--save-plan {text!r}: name a .toml or .json recipe file")
+    if path.is_dir():
+        raise _CliError(f"--save-plan {text!r} is a directory; give a file name")
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise _CliError(f"--save-plan {text!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def _plan_report(plan, artifact) -> str:
+    """The compile report's plan table, with the artifact's measured latency when it runs
+    here."""
+    from ..codegen.latency import artifact_ms
+    from ..runtime.artifact import host_arch
+    from .planner import format_plan
+
+    measured = None
+    if plan.predicted_ms is not None and artifact.target.arch == host_arch():
+        measured = artifact_ms(artifact)
+    return format_plan(plan, measured)
 
 
 def _load_feeds(args, specs) -> dict:
@@ -332,13 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("-o", "--output", metavar="FILE", help="write the dump to FILE, not stdout")
-    p.add_argument("--quant", metavar="PRESET", choices=PRESETS,
-                   help=f"quantize with a preset: {', '.join(PRESETS)}")
+    p.add_argument("--quant", metavar="PRESET", choices=(*PRESETS, "auto"),
+                   help=f"quantize with a preset ({', '.join(PRESETS)}) or auto (per-layer "
+                        f"plan under --budget; the plan table follows the IR)")
     p.add_argument("--calib", metavar="FILE.npz",
                    help="calibration samples: one array per model input, stacked on axis 0")
     p.add_argument("--recipe", metavar="FILE", help="quantization recipe (.toml or .json)")
     p.add_argument("--calibration", choices=CALIBRATION_METHODS,
                    help="activation range observer (default: the recipe's, minmax for presets)")
+    p.add_argument("--target", default="x86",
+                   help="target whose kernels --quant auto times (default x86)")
+    _add_auto_options(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("compile", help="quantize and compile a model into a .lbx artifact")
@@ -346,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="x86",
                    help="x86 (this host), x86-avx2, x86-avx512, arm64, cuda[:sm_XX]")
     p.add_argument("--quant", metavar="PRESET", default="w4a8",
-                   help=f"quantization preset (default w4a8): {', '.join(PRESETS)}")
+                   help=f"quantization preset (default w4a8): {', '.join(PRESETS)}; or auto: "
+                        f"per-layer format, bits and kernel under --budget")
     p.add_argument("--recipe", metavar="FILE", help="quantization recipe (.toml or .json)")
     p.add_argument("--calib", metavar="FILE.npz",
                    help="calibration samples (needed unless --quant none)")
@@ -356,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TVM thread pool size while compiling")
     p.add_argument("--dump-ir", metavar="DIR",
                    help="write the IR after every pass and the Relax module (relax.py) to DIR")
+    _add_auto_options(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.lbx", help="artifact path")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_compile)
@@ -402,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ops", help="list the supported ONNX ops and schema versions")
     p.set_defaults(func=_cmd_ops)
     return parser
+
+
+def _add_auto_options(p) -> None:
+    """The ``--quant auto`` options shared by compile and inspect."""
+    p.add_argument("--budget", metavar="K=V[,K=V]",
+                   help="--quant auto budgets: size=0.25 (of fp32) or size=120kB, "
+                        "latency=0.6x (of the int8 plan) or latency=2.5ms, bits=3.0")
+    p.add_argument("--max-drop", metavar="PTS",
+                   help="--quant auto: fastest plan whose measured top-1 on --eval stays within "
+                        "PTS points of float")
+    p.add_argument("--eval", metavar="FILE.npz",
+                   help="labelled eval data for --max-drop: the model inputs plus 'labels'")
+    p.add_argument("--save-plan", metavar="PLAN.toml",
+                   help="write the --quant auto plan as a recipe (reuse with --recipe)")
 
 
 def _version() -> str:

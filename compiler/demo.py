@@ -85,23 +85,13 @@ class DemoReport:
     caption: str
 
 
-def _batches(images: np.ndarray, batch: int):
-    """Yield ``(padded batch, number of real rows)`` over ``images``."""
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        real = len(chunk)
-        if real < batch:
-            pad = np.zeros((batch - real, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        yield np.ascontiguousarray(chunk), real
-
-
 def demo(threads: int | None = None, repeat: int = 20, fast: bool = False,
          log=None) -> DemoReport:
     """Build and measure every row (module docstring); ``log`` is a driver StageLog."""
     from ..runtime.session import Session
     from .bench import measure, ort_int8_model, ort_session, qdq_weight_bytes
     from .driver import StageLog, compile_model
+    from .eval_data import padded_batches
     from .quantize import weight_size
 
     root = examples_dir()
@@ -116,7 +106,7 @@ def demo(threads: int | None = None, repeat: int = 20, fast: bool = False,
     with np.load(calib_path) as data:
         calib = {"input": data["input"]}
     shapes = {"input": (BATCH, *images.shape[1:])}
-    first = np.ascontiguousarray(next(_batches(images, BATCH))[0])
+    first = np.ascontiguousarray(next(padded_batches(images, BATCH))[0])
 
     rows = []
     fp32_bytes = 0
@@ -156,9 +146,11 @@ def _runner(session):
 
 def _top1(predict, images: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy of ``predict`` over ``images`` in padded batches of :data:`BATCH`."""
+    from .eval_data import padded_batches
+
     correct = 0
     done = 0
-    for chunk, real in _batches(images, BATCH):
+    for chunk, real in padded_batches(images, BATCH):
         predicted = np.argmax(predict(chunk)[:real], axis=-1)
         correct += int(np.sum(predicted == labels[done:done + real]))
         done += real

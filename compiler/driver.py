@@ -2,6 +2,9 @@
 
 Stages (each timed, in this order; the CLI shows them as a progress display)::
 
+    plan      --quant auto only: sensitivity, measured kernel  compiler.planner.Planner
+              latencies and the ILP under ``budget`` (or the
+              accuracy-aware search); its recipe drives the rest
     import    ONNX -> lowbit IR (input shapes bound)          compiler.onnx_import
     passes    the default cleanup pipeline (BN folded, ...)   passes.default_pipeline
     quantize  insert fake-quant, calibrate, [PTQ], fold       compiler.quantize (skipped: "none")
@@ -41,6 +44,8 @@ from ..ir.errors import QuantizationError
 from ..runtime.artifact import Artifact, PlanRow, TargetSpec, TensorSpec, host_arch
 
 STAGES = ("import", "passes", "quantize", "select", "lower", "compile", "save")
+#: the stage --quant auto runs before ``import``
+PLAN_STAGE = "plan"
 #: the IR ops that are "quantized layers" in the plan
 PLANNED_OPS = frozenset({Op.QCONV, Op.QMATMUL})
 
@@ -164,8 +169,14 @@ def target_spec(target) -> TargetSpec:
     return TargetSpec.from_tvm(target.name, target.tvm_dict(), target.features)
 
 
-def plan_rows(graph: Graph) -> tuple[PlanRow, ...]:
-    """One :class:`PlanRow` per quantized layer (QConv / QMatMul), in graph order."""
+def plan_rows(graph: Graph, auto=None) -> tuple[PlanRow, ...]:
+    """One :class:`PlanRow` per quantized layer (QConv / QMatMul), in graph order; with an
+    ``--quant auto`` plan ``auto``, each row also holds the layer's ``sensitivity`` and
+    measured kernel ``latency_ms``."""
+    extra = {} if auto is None else {
+        r.layer: (("sensitivity", float(r.sensitivity)),) + (
+            () if r.latency_ms is None else (("latency_ms", round(float(r.latency_ms), 6)),))
+        for r in auto.rows()}
     rows = []
     for node in graph.nodes:
         if node.op not in PLANNED_OPS:
@@ -181,6 +192,7 @@ def plan_rows(graph: Graph) -> tuple[PlanRow, ...]:
             details += [("format", "int"), ("w_bits", int(w.dtype.bits))]
         details += [("a_bits", int(x.qtype.bits if x.qtype is not None else x.dtype.bits)),
                     ("acc", str(getattr(node.attrs, "acc_dtype", "")))]
+        details += list(extra.get(node.name, ()))
         rows.append(PlanRow(node.name, node.op.value, kernel, tuple(details)))
     return tuple(rows)
 
@@ -189,19 +201,58 @@ def plan_rows(graph: Graph) -> tuple[PlanRow, ...]:
 @dataclass(frozen=True)
 class CompileResult:
     """What :func:`compile_model` made: the artifact, the IR graph that was lowered, the Relax
-    module as TVMScript text and the stage times ``((stage, seconds), ...)``."""
+    module as TVMScript text, the stage times ``((stage, seconds), ...)`` and, for ``--quant
+    auto``, the :class:`~lowbit.compiler.allocate.Plan` it compiled."""
 
     artifact: Artifact
     graph: Graph
     relax_script: str
     times: tuple[tuple[str, float], ...]
+    plan: object = None
 
 
-def check_request(quant: str = "w4a8", calib=None, recipe=None, target="x86"):
-    """The cheap checks (see the module docstring); returns ``(recipe, Target)``."""
+AUTO = "auto"
+
+
+def check_auto(quant: str, calib, recipe, budget, max_drop, eval) -> None:
+    """The cheap checks of the ``--quant auto`` options (module docstring)."""
+    from .allocate import parse_budget
+
+    if quant != AUTO:
+        given = [name for name, v in (("--budget", budget), ("--max-drop", max_drop),
+                                      ("--eval", eval)) if v is not None]
+        if given:
+            raise QuantizationError(f"{' / '.join(given)} apply to --quant auto only; add "
+                                    f"--quant auto or drop them")
+        return
+    if recipe is not None:
+        raise QuantizationError("--quant auto chooses every layer's recipe itself; drop "
+                                "--recipe (a saved plan is a recipe: compile it with --recipe "
+                                "and no --quant auto)")
+    if calib is None:
+        raise QuantizationError("--quant auto needs calibration data to measure layer "
+                                "sensitivity: pass calib= a .npz path (CLI: --calib FILE.npz)")
+    if (max_drop is None) != (eval is None):
+        raise QuantizationError("--max-drop and --eval go together: the accuracy-aware mode "
+                                "measures top-1 on the labelled eval data")
+    if budget is None and max_drop is None:
+        raise QuantizationError("--quant auto needs a budget (e.g. --budget size=0.25, "
+                                "latency=0.6x, latency=2.5ms, bits=3.0) or --max-drop PTS "
+                                "--eval FILE.npz")
+    if budget is not None:
+        parse_budget(budget)
+
+
+def check_request(quant: str = "w4a8", calib=None, recipe=None, target="x86", *,
+                  budget=None, max_drop=None, eval=None):
+    """The cheap checks (see the module docstring); returns ``(recipe, Target)`` (recipe None
+    for ``--quant auto``: the planner makes it)."""
     from ..codegen.target import resolve_target
     from .quantize import resolve_recipe
 
+    check_auto(quant, calib, recipe, budget, max_drop, eval)
+    if quant == AUTO:
+        return None, (resolve_target(target) if isinstance(target, str) else target)
     plan = resolve_recipe(quant, recipe)
     if not plan.quantizes_nothing and calib is None:
         name = plan.preset or "custom recipe"
@@ -221,23 +272,33 @@ def _write_text(path: Path, text: str) -> None:
 def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=None,
                   input_shapes=None, *, threads: int | None = None,
                   dump_ir: str | os.PathLike | None = None,
-                  log: StageLog | None = None) -> CompileResult:
-    """Run the stages import .. compile (module docstring) and return a :class:`CompileResult`.
+                  log: StageLog | None = None, budget=None, max_drop: float | None = None,
+                  eval=None, planner=None) -> CompileResult:
+    """Run the stages plan .. compile (module docstring) and return a :class:`CompileResult`.
 
     ``model``: ONNX path / bytes / ModelProto. ``threads`` sizes TVM's thread pool of this
     process (:func:`lowbit.codegen.build.build`). ``dump_ir`` writes ``passes/NN-*.txt`` (default
     passes), ``quantize/NN-*.txt`` (quantization passes), ``final.txt`` (the lowered IR) and
-    ``relax.py`` (the Relax module, ``mod.script()``) into that folder."""
+    ``relax.py`` (the Relax module, ``mod.script()``) into that folder. ``quant="auto"``:
+    ``budget`` (``"size=0.25,latency=0.6x"`` or a dict) and/or ``max_drop`` points with
+    labelled ``eval`` data choose the plan (:mod:`lowbit.compiler.planner`; ``planner`` reuses
+    an existing :class:`~lowbit.compiler.planner.Planner` and its measurements)."""
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
     from .quantize import quantize
 
     log = StageLog() if log is None else log
     first_stage = len(log.times)  # a shared log (bench, demo) holds earlier compiles' stages
-    _, tgt = check_request(quant, calib, recipe, target)
+    _, tgt = check_request(quant, calib, recipe, target, budget=budget, max_drop=max_drop,
+                           eval=eval)
     dump = None if dump_ir is None else Path(dump_ir)
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
+    chosen = None
+    if quant == AUTO:
+        with log.stage(PLAN_STAGE, str(budget or f"max-drop {max_drop}")):
+            chosen = _plan(model, tgt, calib, input_shapes, budget, max_drop, eval, planner)
+        recipe = chosen.to_recipe()
     with log.stage("import"):
         graph = import_onnx(model, input_shapes=input_shapes)
     with log.stage("passes"):
@@ -264,8 +325,19 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
         payload = _compile(mod, tgt, threads)
     artifact = Artifact(target=target_spec(tgt), inputs=tensor_specs(graph.inputs),
                         outputs=tensor_specs(graph.outputs), payload=payload,
-                        plan=plan_rows(graph))
-    return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]))
+                        plan=plan_rows(graph, chosen))
+    return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]), chosen)
+
+
+def _plan(model, target, calib, input_shapes, budget, max_drop, eval, planner=None):
+    """The ``--quant auto`` plan (:func:`lowbit.compiler.planner.plan`)."""
+    from .planner import Planner
+
+    if planner is None:
+        planner = Planner(model, target, calib, input_shapes=input_shapes)
+    if max_drop is None:
+        return planner.allocate(budget)
+    return planner.search(eval, max_drop, budget)[0]
 
 
 def _select(graph: Graph, target) -> None:
@@ -325,14 +397,17 @@ def _first_error_line(exc: BaseException) -> str:
 
 def compile(model, target="x86", quant: str = "w4a8", calib=None, recipe=None,
             input_shapes=None, *, threads: int | None = None,
-            dump_ir: str | os.PathLike | None = None) -> Artifact:
+            dump_ir: str | os.PathLike | None = None, budget=None,
+            max_drop: float | None = None, eval=None) -> Artifact:
     """Quantize (unless ``quant == "none"``), lower and compile ``model`` for ``target``;
     returns the :class:`Artifact` (``.save(path)`` it, run it with ``lowbit.Session``).
-    Arguments: see :func:`compile_model` and :func:`lowbit.quantize`."""
+    ``quant="auto"`` plans per layer under ``budget`` / ``max_drop`` + ``eval``. Arguments:
+    see :func:`compile_model` and :func:`lowbit.quantize`."""
     return compile_model(model, target, quant, calib, recipe, input_shapes, threads=threads,
-                         dump_ir=dump_ir).artifact
+                         dump_ir=dump_ir, budget=budget, max_drop=max_drop,
+                         eval=eval).artifact
 
 
-__all__ = ["STAGES", "CompileResult", "PlainStageLog", "RichStageLog", "StageLog",
+__all__ = ["AUTO", "PLAN_STAGE", "STAGES", "CompileResult", "check_auto", "PlainStageLog", "RichStageLog", "StageLog",
            "check_request", "compile", "compile_model", "plan_rows", "stage_log_for",
            "target_spec", "tensor_specs"]

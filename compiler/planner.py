@@ -1,0 +1,316 @@
+"""``--quant auto``: per-layer format, bits and kernel under a budget, end to end (issue 5).
+
+A :class:`Planner` holds one float model and measures, once each (cached in memory, the
+latencies also on disk):
+
+1. ``table``: the per-layer sensitivity of every candidate
+   (:func:`lowbit.passes.analysis.layer_sensitivity`: damage at the model outputs when only
+   that layer is quantized, on the calibration data; packed weight bytes);
+2. ``costs``: every candidate's layer latency on the target, by the fastest kernel family that
+   takes it (:func:`lowbit.codegen.latency.layer_costs`, on the integer graph with every layer
+   at that candidate), and the *remainder*: the measured whole-model time of the int8 plan
+   minus its layers (:func:`lowbit.codegen.latency.remainder_ms`). A plan's predicted latency
+   is ``remainder + sum of its layers``.
+
+:meth:`Planner.allocate` then solves the ILP of :func:`lowbit.compiler.allocate.allocate`
+(milliseconds, so a tuner can sweep many budgets); :meth:`Planner.search` is the
+accuracy-aware mode: with labelled eval data and ``max_drop`` points, it compiles plans and
+measures their top-1 accuracy (the compiled artifact, run by :class:`lowbit.Session`) while it
+bisects a latency budget, and returns the fastest *measured* plan within the drop.
+:func:`plan` is the one-call form (``lowbit.plan``). Same model, data, candidates and cached
+latencies -> same plan.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..ir import Graph
+from ..ir.errors import QuantizationError
+from .allocate import Budget, Plan, allocate, int8_candidates, parse_budget
+
+#: bisection steps of the accuracy-aware search (each compiles and evaluates one plan)
+SEARCH_STEPS = 5
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A compiled plan's measured figures: top-1 ``accuracy`` (%, None without eval data),
+    whole-model latency ``ms`` (one thread, median; None when the target cannot run here) and
+    packed weight ``bytes`` of the compiled graph."""
+
+    accuracy: float | None
+    ms: float | None
+    bytes: int
+
+
+def uniform_recipe(layers: Sequence[str], candidate):
+    """Every layer of ``layers`` at ``candidate`` (base ``preset("none")``): the integer graph
+    whose layer nodes the latency of that candidate is measured on."""
+    from .recipes import preset
+
+    return replace(preset("none"), nodes={name: candidate.override for name in layers})
+
+
+class Planner:
+    """Measure once, allocate many times (module docstring).
+
+    ``model``: ONNX path / bytes / ModelProto (or a lowbit Graph); ``target``: a target name;
+    ``calib``: calibration data as for :func:`lowbit.quantize`; ``candidates``: the
+    :class:`~lowbit.passes.analysis.Candidate` set (default
+    :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`); ``metric``: ``"sqnr"`` | ``"kl"`` | a
+    callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency cache
+    (default ``$XDG_CACHE_HOME/lowbit``); ``measure=False`` skips timing (no latency
+    budgets)."""
+
+    def __init__(self, model, target="x86", calib=None, *, input_shapes=None,
+                 candidates=None, metric="sqnr", cache_dir=None, measure: bool = True):
+        from ..codegen.target import resolve_target
+        from ..passes.analysis import DEFAULT_CANDIDATES
+        from ..passes.calibrate import as_calibration_set
+        from .quantize import _float_graph
+
+        if calib is None:
+            raise QuantizationError(
+                "--quant auto needs calibration data to measure layer sensitivity: pass "
+                "calib= a .npz path or a dict {input name: samples} (CLI: --calib FILE.npz)")
+        self.model = model
+        self.input_shapes = input_shapes
+        self.target = resolve_target(target) if isinstance(target, str) else target
+        self.graph: Graph = _float_graph(model, input_shapes)
+        self.calib = as_calibration_set(self.graph, calib)
+        self.candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+        self.metric = metric
+        self.cache_dir = cache_dir
+        self.measure = measure
+        self._compiled: dict[tuple[int, ...], tuple] = {}
+
+    # -- measurements ------------------------------------------------------------------------
+    @cached_property
+    def table(self):
+        """The :class:`~lowbit.passes.analysis.SensitivityTable` of every layer x candidate."""
+        from ..passes.analysis import layer_sensitivity
+
+        return layer_sensitivity(self.graph, self.candidates, self.calib, metric=self.metric)
+
+    @cached_property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(info.name for info in self.table.layers)
+
+    @cached_property
+    def costs(self):
+        """:class:`~lowbit.codegen.latency.LayerCosts` of every layer x candidate."""
+        from ..codegen.latency import layer_costs
+        from ..passes.analysis.sensitivity import ProgressBar
+        from .quantize import quantize
+
+        graphs = [quantize(self.graph, recipe=uniform_recipe(self.layer_names, c),
+                           calib=self.calib) for c in self.candidates]
+        self._uniform_graphs = graphs
+        total = len(graphs) * len(self.layer_names)
+        with ProgressBar(total, f"kernel latency ({self.target.name})") as advance:
+            return layer_costs(graphs, self.layer_names, self.target,
+                               kernels=[c.kernel for c in self.candidates],
+                               cache_dir=self.cache_dir, measure=self.measure,
+                               progress=advance)
+
+    @cached_property
+    def remainder_ms(self) -> float | None:
+        """Measured whole-model ms of the int8 plan minus its layers (None: not measured)."""
+        from ..codegen.latency import graph_ms, remainder_ms
+
+        costs = self.costs
+        if not costs.measured:
+            return None
+        ref = (int8_candidates(self.table) or [0])[0]
+        graph = self._uniform_graphs[ref].copy()
+        layers = {n.name: n for n in graph.nodes if n.name in set(self.layer_names)}
+        for l, name in enumerate(self.layer_names):
+            layers[name].meta["kernel"] = costs.family[l][ref]
+        whole = graph_ms(graph, self.target, cache_dir=self.cache_dir)
+        return remainder_ms(whole, costs.ms[:, ref])
+
+    # -- allocation --------------------------------------------------------------------------
+    def allocate(self, budget=None) -> Plan:
+        """The least damaging plan within ``budget`` (string, dict, Budget or None)."""
+        budget = Budget() if budget is None else parse_budget(budget)
+        needs_latency = budget.latency is not None
+        if needs_latency and not self.measure:
+            raise QuantizationError("a latency budget needs measured kernels; drop "
+                                    "measure=False")
+        if needs_latency and not self.target.runs_on_host():
+            raise QuantizationError(
+                f"latency budget: kernels for target {self.target.name!r} cannot be timed on "
+                f"this host; budget size= or bits= instead, or plan on a {self.target.name} "
+                f"machine")
+        costs = self.costs
+        latency = costs.ms if costs.measured else None
+        return allocate(self.table, latency, budget, kernels=costs.family,
+                        remainder_ms=self.remainder_ms)
+
+    # -- compiling and measuring a plan -------------------------------------------------------
+    def compile(self, plan: Plan):
+        """:func:`lowbit.compiler.driver.compile_model` of ``plan.to_recipe()`` (cached per
+        choice); returns the :class:`~lowbit.compiler.driver.CompileResult`."""
+        from .driver import compile_model
+
+        key = tuple(plan.choice)
+        if key not in self._compiled:
+            result = compile_model(self.model, self.target, recipe=plan.to_recipe(),
+                                   calib=self.calib, input_shapes=self.input_shapes)
+            self._compiled[key] = (result, None)
+        return self._compiled[key][0]
+
+    def evaluate(self, plan: Plan, eval_data=None) -> Measured:
+        """Compile ``plan`` and measure it: top-1 on ``eval_data`` (an EvalSet, path or dict;
+        None: no accuracy), whole-model ms, packed weight bytes."""
+        from ..codegen.latency import artifact_ms
+        from .quantize import weight_size
+
+        result = self.compile(plan)
+        accuracy = None
+        if eval_data is not None:
+            accuracy = self.accuracy(result.artifact, self.eval_set(eval_data))
+        ms = artifact_ms(result.artifact) if self.target.runs_on_host() else None
+        return Measured(accuracy, ms, weight_size(result.graph).packed)
+
+    def eval_set(self, eval_data):
+        """``eval_data`` as a checked :class:`~lowbit.compiler.eval_data.EvalSet`."""
+        from ..passes.calibrate import graph_input_types
+        from .eval_data import EvalSet, load_eval
+
+        if isinstance(eval_data, EvalSet):
+            return eval_data
+        return load_eval(eval_data, graph_input_types(self.graph))
+
+    def accuracy(self, artifact, data) -> float:
+        """Top-1 (%) of a compiled artifact over ``data`` (run by :class:`lowbit.Session`)."""
+        from ..runtime.session import Session
+        from .eval_data import top1
+
+        with tempfile.TemporaryDirectory(prefix="lowbit-plan-") as tmp:
+            session = Session(artifact.save(Path(tmp) / "plan.lbx"), threads=1)
+            return top1(lambda feed: session.run(None, feed)[0], data, self._batch)
+
+    def float_accuracy(self, eval_data) -> float:
+        """Top-1 (%) of the float model (the reference executor) over ``eval_data``."""
+        from ..runtime.reference import run_reference
+        from .eval_data import top1
+
+        data = self.eval_set(eval_data)
+        first = self.graph.outputs[0].name
+        return top1(lambda feed: run_reference(self.graph, feed)[first], data, self._batch)
+
+    @property
+    def _batch(self) -> int:
+        return int(self.graph.inputs[0].shape[0])
+
+    # -- the accuracy-aware mode -------------------------------------------------------------
+    def search(self, eval_data, max_drop: float, budget=None,
+               steps: int = SEARCH_STEPS) -> tuple[Plan, Measured]:
+        """The fastest plan whose *compiled* top-1 on ``eval_data`` is within ``max_drop``
+        points of the float model's, also within ``budget``: bisect the predicted-latency
+        budget between the fastest feasible plan and the least damaging one, compiling and
+        measuring every probe; ``(plan, its Measured)``. QuantizationError when even the least
+        damaging plan drops more than ``max_drop``."""
+        if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop)
+                and max_drop >= 0):
+            raise QuantizationError(f"max_drop={max_drop!r}: give a number of accuracy points "
+                                    f">= 0 (e.g. --max-drop 1.0)")
+        if not self.measure or not self.target.runs_on_host():
+            raise QuantizationError(
+                f"--max-drop compiles and runs candidate plans, which needs a target this "
+                f"machine runs; {self.target.name!r} does not")
+        data = self.eval_set(eval_data)
+        floor = self.float_accuracy(data) - max_drop
+        budget = Budget() if budget is None else parse_budget(budget)
+        best = self.allocate(budget)
+        best_m = self.evaluate(best, data)
+        if best_m.accuracy < floor - 1e-9:
+            raise QuantizationError(
+                f"no plan within --max-drop {max_drop:g}: the least damaging plan under "
+                f"{budget} measures {best_m.accuracy:.2f}% top-1 against "
+                f"{floor + max_drop:.2f}% in float; raise --max-drop, relax the budget or "
+                f"add gentler candidates")
+        costs = self.costs
+        allowed = ~np.isnan(costs.ms)
+        lo = float(np.where(allowed, costs.ms, np.inf).min(axis=1).sum()) \
+            + (self.remainder_ms or 0.0)
+        hi = best.predicted_ms
+        for _ in range(steps):
+            if hi - lo <= 0.01 * hi:
+                break
+            mid = (lo + hi) / 2
+            probe = self.allocate(replace(budget, latency=mid, latency_unit="ms"))
+            measured = self.evaluate(probe, data)
+            if measured.accuracy >= floor - 1e-9:
+                if measured.ms is not None and best_m.ms is not None and \
+                        measured.ms <= best_m.ms:
+                    best, best_m = probe, measured
+                hi = probe.predicted_ms
+            else:
+                lo = mid
+        return best, best_m
+
+
+def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,
+         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None) -> Plan:
+    """One call: a :class:`~lowbit.compiler.allocate.Plan` for ``model`` on ``target``.
+    ``budget``: ``"size=0.25,latency=0.6x"`` / dict / None; with ``max_drop`` and ``eval`` (a
+    labelled ``.npz``) the accuracy-aware search (:meth:`Planner.search`). ``plan.save(path)``
+    writes it as a recipe for ``--recipe``."""
+    if (max_drop is None) != (eval is None):
+        raise QuantizationError(
+            "max_drop and eval go together: the accuracy-aware mode measures top-1 on eval "
+            "(CLI: --max-drop PTS --eval FILE.npz)")
+    planner = Planner(model, target, calib, input_shapes=input_shapes, candidates=candidates,
+                      metric=metric, cache_dir=cache_dir)
+    if max_drop is None:
+        return planner.allocate(budget)
+    return planner.search(eval, max_drop, budget)[0]
+
+
+def format_plan(plan: Plan, measured_ms: float | None = None) -> str:
+    """The plan as a plain-text table: one row per layer (format, bits, kernel, sensitivity,
+    measured kernel latency, packed bytes), then the totals against the budget: weight bytes
+    and ratio of fp32, mean weight bits, predicted latency (and the measured one, with the
+    prediction error, when ``measured_ms`` is given)."""
+    rows = plan.rows()
+    width = max([len("layer")] + [len(r.layer) for r in rows])
+    head = (f"{'layer':<{width}}  {'format':<9} {'bits':<6} {'kernel':<13} "
+            f"{'sensitivity':>11} {'latency ms':>10} {'bytes':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ms = "-" if r.latency_ms is None else f"{r.latency_ms:.4f}"
+        lines.append(f"{r.layer:<{width}}  {r.format:<9} {r.bits:<6} {r.kernel:<13} "
+                     f"{r.sensitivity:>11.3e} {ms:>10} {r.bytes:>9,}")
+    fp32 = sum(i.fp32_bytes for i in plan.table.layers)
+    total = (f"budget {plan.budget}: weights {plan.weight_bytes:,} B "
+             f"({plan.weight_bytes / fp32:.4f} of fp32 {fp32:,} B), mean {plan.mean_bits:.2f} "
+             f"weight bits, summed sensitivity {plan.sensitivity:.3e}")
+    if plan.predicted_ms is not None:
+        total += (f"; latency predicted {plan.predicted_ms:.4f} ms (layers "
+                  f"{plan.latency_ms:.4f} + rest {plan.remainder_ms or 0.0:.4f})")
+        if measured_ms is not None:
+            error = 100.0 * (plan.predicted_ms - measured_ms) / measured_ms
+            total += f", measured {measured_ms:.4f} ms ({error:+.1f}% error)"
+    lines.append(total)
+    return "\n".join(lines) + "\n"
+
+
+def default_cache_dir() -> Path:
+    """The folder of the latency cache (``$XDG_CACHE_HOME/lowbit``)."""
+    from ..codegen.select import default_cache_path
+
+    return default_cache_path().parent
+
+
+__all__ = ["SEARCH_STEPS", "Measured", "Planner", "default_cache_dir", "format_plan", "plan",
+           "uniform_recipe"]
