@@ -29,14 +29,14 @@ Results: ``node.meta["kernel"]`` (the printer shows ``# kernel=...``), ``node.me
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..compiler.disk_cache import JsonCache as MeasurementCache
+from ..compiler.disk_cache import cache_folder
 from ..ir import Graph, Node, Op
 from ..ir.errors import LoweringError
 
@@ -64,55 +64,10 @@ class KernelChoice:
     rejected: tuple[tuple[str, str], ...]
 
 
-# -- the measurement cache ---------------------------------------------------------------------
+# -- the measurement cache (compiler/disk_cache.py) -------------------------------------------
 def default_cache_path() -> Path:
     """``$XDG_CACHE_HOME/lowbit/kernels.json`` (``~/.cache`` when the variable is unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lowbit" / "kernels.json"
-
-
-class MeasurementCache:
-    """Measured µs per key in one JSON file ``{"entries": {key: us}}``. Keys name the lowbit
-    version, target, op, shapes, formats, epilogue and family (:func:`layer_key`). Saving
-    re-reads the file and merges, then writes a temporary file in the same folder and renames
-    it over the old one (atomic: readers see the old or the new file, never half of one)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.entries: dict[str, float] = self._read()
-        self.dirty: dict[str, float] = {}
-
-    def _read(self) -> dict[str, float]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        entries = data.get("entries") if isinstance(data, dict) else None
-        return {str(k): float(v) for k, v in (entries or {}).items()}
-
-    def get(self, key: str) -> float | None:
-        return self.entries.get(key)
-
-    def put(self, key: str, us: float) -> None:
-        self.entries[key] = us
-        self.dirty[key] = us
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        merged = {**self._read(), **self.dirty}
-        fd, tmp = tempfile.mkstemp(prefix=".kernels-", suffix=".json", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"entries": dict(sorted(merged.items()))}, f, indent=1)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self.entries.update(merged)
-        self.dirty = {}
+    return cache_folder() / "kernels.json"
 
 
 def _qtype_key(q) -> str:

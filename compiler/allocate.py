@@ -224,10 +224,9 @@ class Plan:
 
     @property
     def reconstructs(self) -> bool:
-        """True when a chosen format is one the presets refine with layer-wise reconstruction
-        (ternary, binary, pow2, codebook, uniform <= 2 bits)."""
-        return any(self.table.candidates[c].weights.format != "uniform"
-                   or self.table.candidates[c].weights.bits <= 2 for c in self.choice)
+        """True when a chosen candidate :attr:`~lowbit.passes.analysis.Candidate.reconstructs`
+        (any weights but uniform 8-bit); the plan then reconstructs its layers in order."""
+        return any(self.table.candidates[c].reconstructs for c in self.choice)
 
     @property
     def mean_bits(self) -> float:

@@ -11,7 +11,13 @@ dyadic m/shift) followed by one ``weights: fp32 ... B -> packed ... B (Nx smalle
 ``lowbit compile MODEL.onnx --target x86 --quant PRESET [--recipe FILE] [--calib FILE.npz]
 [--input-shape NAME=D0,...] [--threads N] [--dump-ir DIR] -o OUT.lbx`` runs
 :func:`lowbit.compiler.driver.compile_model` with a progress display of the stages (rich on a
-terminal, one plain line per stage otherwise; on stderr) and saves the artifact.
+terminal, one plain line per stage otherwise; on stderr) and saves the artifact. ``--quant auto
+--budget size=0.25[,latency=0.6x|2.5ms][,bits=3.0]`` (or ``--max-drop PTS --eval FILE.npz``)
+plans every layer's format, bits and kernel (:mod:`lowbit.compiler.planner`), prints the plan
+table with predicted and measured latency, and ``--save-plan plan.toml`` writes it as a recipe;
+``inspect --quant auto`` prints the same table after the IR. ``lowbit tune MODEL.onnx --calib
+FILE.npz [--eval FILE.npz] -o DIR`` sweeps budgets and writes the Pareto frontiers
+(:mod:`lowbit.compiler.tune`).
 ``lowbit run OUT.lbx --inputs FILE.npz | --input NAME=FILE.npy ... [-o OUT.npz] [--repeat N]
 [--print-time]`` runs it with :class:`lowbit.Session` (timing: mean / median / min / max / std
 ms over N runs). ``lowbit bench`` (:mod:`lowbit.compiler.bench`) times a compiled model against
@@ -478,6 +484,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show the compile stages")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser("tune", help="--quant auto plans over swept budgets: Pareto table "
+                                    "and plots against the uniform presets")
+    p.add_argument("model", help="path to an ONNX model")
+    p.add_argument("--target", default="x86", help="compile target (must run on this host)")
+    p.add_argument("--calib", metavar="FILE.npz", help="calibration samples (required)")
+    p.add_argument("--eval", metavar="FILE.npz",
+                   help="labelled eval data (inputs + 'labels'): accuracy is top-1; without "
+                        "it, output SQNR vs float on the calibration data")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="bind a graph input's shape (repeatable)")
+    p.add_argument("--points", type=int, default=8, metavar="N",
+                   help="budgets per sweep (latency and size; default 8)")
+    p.add_argument("--presets", metavar="P1,P2,...",
+                   help="uniform presets to mark (default int8,w4a8,w2a8,ternary,pow2,"
+                        "codebook4,w1a8)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder for pareto.md, pareto.json, pareto_latency.png, pareto_size.png")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress or table")
+    p.set_defaults(func=_cmd_tune)
+
     p = sub.add_parser("ops", help="list the supported ONNX ops and schema versions")
     p.set_defaults(func=_cmd_ops)
     return parser
@@ -495,6 +521,31 @@ def _add_auto_options(p) -> None:
                    help="labelled eval data for --max-drop: the model inputs plus 'labels'")
     p.add_argument("--save-plan", metavar="PLAN.toml",
                    help="write the --quant auto plan as a recipe (reuse with --recipe)")
+
+
+def _cmd_tune(args) -> int:
+    from .planner import Planner
+    from .tune import render, tune, write_report
+
+    shapes = _parse_shapes(args.input_shape)
+    if not Path(args.model).is_file():
+        raise InvalidModelError(f"model file {args.model!r} does not exist; check the path")
+    if args.calib is None:
+        raise _CliError("lowbit tune needs --calib FILE.npz (layer sensitivity is measured on "
+                        "it)")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise _CliError(f"-o {args.output!r} is a file; give a folder for the Pareto report")
+    presets = tuple(p for p in args.presets.split(",") if p) if args.presets else None
+    planner = Planner(args.model, args.target, args.calib, input_shapes=shapes)
+    log = None if args.quiet else _table_console().log
+    report = tune(planner, args.eval, points=args.points,
+                  **({} if presets is None else {"presets": presets}), log=log)
+    paths = write_report(report, out)
+    if not args.quiet:
+        _table_console().print(render(report))
+        print(f"lowbit: wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
 
 
 def _version() -> str:

@@ -273,7 +273,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                   input_shapes=None, *, threads: int | None = None,
                   dump_ir: str | os.PathLike | None = None,
                   log: StageLog | None = None, budget=None, max_drop: float | None = None,
-                  eval=None, planner=None) -> CompileResult:
+                  eval=None, planner=None, auto_plan=None) -> CompileResult:
     """Run the stages plan .. compile (module docstring) and return a :class:`CompileResult`.
 
     ``model``: ONNX path / bytes / ModelProto. ``threads`` sizes TVM's thread pool of this
@@ -282,19 +282,22 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     ``relax.py`` (the Relax module, ``mod.script()``) into that folder. ``quant="auto"``:
     ``budget`` (``"size=0.25,latency=0.6x"`` or a dict) and/or ``max_drop`` points with
     labelled ``eval`` data choose the plan (:mod:`lowbit.compiler.planner`; ``planner`` reuses
-    an existing :class:`~lowbit.compiler.planner.Planner` and its measurements)."""
+    an existing :class:`~lowbit.compiler.planner.Planner` and its measurements;
+    ``auto_plan`` compiles an already chosen :class:`~lowbit.compiler.allocate.Plan`)."""
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
     from .quantize import quantize
 
     log = StageLog() if log is None else log
     first_stage = len(log.times)  # a shared log (bench, demo) holds earlier compiles' stages
+    if auto_plan is not None:
+        quant, recipe = "auto-plan", auto_plan.to_recipe()
     _, tgt = check_request(quant, calib, recipe, target, budget=budget, max_drop=max_drop,
                            eval=eval)
     dump = None if dump_ir is None else Path(dump_ir)
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
-    chosen = None
+    chosen = auto_plan
     if quant == AUTO:
         with log.stage(PLAN_STAGE, str(budget or f"max-drop {max_drop}")):
             chosen = _plan(model, tgt, calib, input_shapes, budget, max_drop, eval, planner)

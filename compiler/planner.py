@@ -66,12 +66,13 @@ class Planner:
     ``calib``: calibration data as for :func:`lowbit.quantize`; ``candidates``: the
     :class:`~lowbit.passes.analysis.Candidate` set (default
     :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`); ``metric``: ``"sqnr"`` | ``"kl"`` | a
-    callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency cache
-    (default ``$XDG_CACHE_HOME/lowbit``); ``measure=False`` skips timing (no latency
-    budgets)."""
+    callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency and
+    sensitivity caches (default ``$XDG_CACHE_HOME/lowbit``; ``sensitivity_cache=False`` keeps
+    sensitivities in memory only); ``measure=False`` skips timing (no latency budgets)."""
 
     def __init__(self, model, target="x86", calib=None, *, input_shapes=None,
-                 candidates=None, metric="sqnr", cache_dir=None, measure: bool = True):
+                 candidates=None, metric="sqnr", cache_dir=None, measure: bool = True,
+                 sensitivity_cache: bool = True):
         from ..codegen.target import resolve_target
         from ..passes.analysis import DEFAULT_CANDIDATES
         from ..passes.calibrate import as_calibration_set
@@ -90,6 +91,7 @@ class Planner:
         self.metric = metric
         self.cache_dir = cache_dir
         self.measure = measure
+        self.sensitivity_cache = sensitivity_cache
         self._compiled: dict[tuple[int, ...], tuple] = {}
 
     # -- measurements ------------------------------------------------------------------------
@@ -98,7 +100,8 @@ class Planner:
         """The :class:`~lowbit.passes.analysis.SensitivityTable` of every layer x candidate."""
         from ..passes.analysis import layer_sensitivity
 
-        return layer_sensitivity(self.graph, self.candidates, self.calib, metric=self.metric)
+        return layer_sensitivity(self.graph, self.candidates, self.calib, metric=self.metric,
+                                 cache_dir=self.cache_dir, disk_cache=self.sensitivity_cache)
 
     @cached_property
     def layer_names(self) -> tuple[str, ...]:
@@ -163,8 +166,8 @@ class Planner:
 
         key = tuple(plan.choice)
         if key not in self._compiled:
-            result = compile_model(self.model, self.target, recipe=plan.to_recipe(),
-                                   calib=self.calib, input_shapes=self.input_shapes)
+            result = compile_model(self.model, self.target, calib=self.calib,
+                                   input_shapes=self.input_shapes, auto_plan=plan)
             self._compiled[key] = (result, None)
         return self._compiled[key][0]
 

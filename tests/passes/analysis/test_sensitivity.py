@@ -10,7 +10,8 @@ from lowbit.compiler import quantize as quantize_module
 from lowbit.compiler.recipes import ActSpec, WeightSpec, preset
 from lowbit.ir.errors import QuantizationError
 from lowbit.passes.analysis import DEFAULT_CANDIDATES, Candidate, layer_sensitivity
-from lowbit.passes.analysis.sensitivity import clear_cache
+from lowbit.passes.analysis import sensitivity as sensitivity_module
+from lowbit.passes.analysis.sensitivity import PTQ_ITERS, clear_cache
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MODEL, CALIB = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
@@ -27,7 +28,7 @@ CANDS = (
 @pytest.fixture(scope="module")
 def table():
     clear_cache()
-    return layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+    return layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False)
 
 
 def test_layers_are_the_quantizable_ones(table):
@@ -64,7 +65,9 @@ def test_kernel_only_variants_share_the_measurement(table):
 def test_sqnr_cost_is_noise_power_of_a_single_layer_quantization(table):
     """Recompute one entry by hand: quantize only the second conv at w2a8 and compare."""
     layer = table.layers[1].name
-    recipe = replace(preset("none"), nodes={layer: CANDS[2].override})
+    base = preset("none")  # w2a8 is measured after PTQ_ITERS steps of reconstruction
+    recipe = replace(base, nodes={layer: CANDS[2].override},
+                     ptq=replace(base.ptq, reconstruct=True, iters=PTQ_ITERS))
     fq = lowbit.quantize(MODEL, calib=CALIB, recipe=recipe, input_shapes=SHAPES, fold=False)
     fl = lowbit.quantize(MODEL, quant="none", input_shapes=SHAPES)
     inputs = np.load(CALIB)["input"]
@@ -80,18 +83,33 @@ def test_sqnr_cost_is_noise_power_of_a_single_layer_quantization(table):
     assert table.value(layer, "w2a8") == pytest.approx(10 ** (-sqnr_db / 10), rel=1e-9)
 
 
-def test_deterministic_and_cached(table, monkeypatch):
+def test_deterministic_and_cached(table, monkeypatch, tmp_path):
     clear_cache()
-    again = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+    again = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.sensitivity, table.sensitivity)
     np.testing.assert_array_equal(again.weight_bytes, table.weight_bytes)
+    assert (tmp_path / "sensitivity.json").is_file()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a cached pair was measured again")
 
     monkeypatch.setattr(quantize_module, "quantize", forbidden)
-    cached = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES)
+    monkeypatch.setattr(sensitivity_module._FloatPrefix, "quantize_one", forbidden)
+    cached = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, cache_dir=tmp_path)  # memory
     np.testing.assert_array_equal(cached.sensitivity, table.sensitivity)
+    clear_cache()
+    from_disk = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, cache_dir=tmp_path)
+    np.testing.assert_array_equal(from_disk.sensitivity, table.sensitivity)
+    np.testing.assert_array_equal(from_disk.weight_bytes, table.weight_bytes)
+
+
+def test_prefix_resume_equals_whole_runs(table, monkeypatch):
+    """Resuming from the float prefix gives the numbers of whole-graph runs, bit for bit."""
+    clear_cache()
+    monkeypatch.setattr(sensitivity_module, "PREFIX_CACHE_BYTES", 0)  # force whole runs
+    whole = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False)
+    np.testing.assert_array_equal(whole.sensitivity, table.sensitivity)
+    np.testing.assert_array_equal(whole.weight_bytes, table.weight_bytes)
 
 
 def test_kl_and_callable_metrics():

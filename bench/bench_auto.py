@@ -1,0 +1,153 @@
+"""Issue 5 acceptance: ``--quant auto`` against every uniform preset at the preset's own budget.
+
+For each model (the digits CNN, the digits transformer, the ResNet-18-shaped digits CNN) and
+each preset P: compile P with lowbit (measured top-1 on the 540-image test split, packed
+weight bytes, whole-model latency: one thread, median, cache-hot), then plan ``--quant auto``
+
+* at P's size: ``budget = "size=<P's bytes>B"``, and
+* at P's measured latency: ``budget = "latency=<P's ms>ms"``,
+
+compile each plan and measure it the same way. Reported per row: accuracy (auto vs preset),
+bytes (auto must be <= the preset's, exactly), predicted vs measured latency (error in %),
+and the planning times (sensitivity, latency measurement, cold vs warm cache).
+
+Run: ``python bench/bench_auto.py [--models cnn transformer resnet] [--presets int8 w4a8 ...]
+[--cache DIR] [--json out.json]``. The latency cache defaults to a fresh folder (cold); pass
+``--cache`` to reuse one (warm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+MODELS = {
+    # name: (onnx, calib npz, eval npz, bound input shape, calibration samples used)
+    "cnn": ("digits_cnn.onnx", "digits_calib.npz", "digits_eval.npz", (60, 1, 8, 8), 240),
+    "transformer": ("digits_transformer.onnx", "digits_transformer_calib.npz",
+                    "digits_transformer_eval.npz", (60, 8, 8), 240),
+    "resnet": ("digits_resnet.onnx", "digits_resnet_calib.npz", "digits_resnet_eval.npz",
+               (20, 1, 32, 32), 60),
+}
+PRESETS = ("int8", "w4a8", "w2a8", "ternary", "pow2", "codebook4", "w1a8")
+
+
+def _calib(path: Path, samples: int) -> dict:
+    with np.load(path) as data:
+        return {"input": data["input"][:samples]}
+
+
+def _measure_preset(planner, preset, data):
+    from lowbit.codegen.latency import artifact_ms
+    from lowbit.compiler.driver import compile_model
+    from lowbit.compiler.quantize import weight_size
+
+    result = compile_model(planner.model, planner.target, quant=preset, calib=planner.calib,
+                           input_shapes=planner.input_shapes)
+    return {"accuracy": planner.accuracy(result.artifact, data),
+            "bytes": weight_size(result.graph).packed,
+            "ms": artifact_ms(result.artifact)}
+
+
+def _measure_plan(planner, budget, data):
+    from lowbit.ir.errors import QuantizationError
+
+    try:
+        plan = planner.allocate(budget)
+    except QuantizationError as err:
+        return {"budget": budget, "error": str(err)}
+    m = planner.evaluate(plan, data)
+    return {"budget": budget, "accuracy": m.accuracy, "bytes": m.bytes, "ms": m.ms,
+            "predicted_ms": plan.predicted_ms, "plan_bytes": plan.weight_bytes,
+            "mean_bits": plan.mean_bits,
+            "error_pct": 100.0 * (plan.predicted_ms - m.ms) / m.ms,
+            "choice": plan.candidates}
+
+
+def run_model(name: str, presets, cache_dir: str) -> dict:
+    from lowbit.compiler.planner import Planner
+    from lowbit.ir.errors import LowbitError
+
+    onnx_file, calib_file, eval_file, shape, samples = MODELS[name]
+    t0 = time.perf_counter()
+    planner = Planner(str(EXAMPLES / onnx_file), "x86", _calib(EXAMPLES / calib_file, samples),
+                      input_shapes={"input": shape}, cache_dir=cache_dir)
+    _ = planner.table
+    t_sens = time.perf_counter() - t0
+    _ = planner.costs, planner.remainder_ms
+    t_costs = time.perf_counter() - t0 - t_sens
+    data = planner.eval_set(str(EXAMPLES / eval_file))
+    out = {"model": name, "layers": len(planner.layer_names),
+           "candidates": len(planner.candidates), "sensitivity_s": t_sens,
+           "latency_s": t_costs, "fp32": planner.float_accuracy(data), "rows": []}
+    print(f"[{name}] {out['layers']} layers x {out['candidates']} candidates: sensitivity "
+          f"{t_sens:.1f} s, latency {t_costs:.1f} s, remainder {planner.remainder_ms:.4f} ms",
+          file=sys.stderr, flush=True)
+    for preset in presets:
+        try:
+            p = _measure_preset(planner, preset, data)
+        except LowbitError as err:  # a preset that cannot compile this model is a row
+            out["rows"].append({"preset": preset, "error": f"{type(err).__name__}: {err}"})
+            continue
+        size = _measure_plan(planner, f"size={p['bytes']}B", data)
+        lat = _measure_plan(planner, f"latency={p['ms']:.6f}ms", data)
+        out["rows"].append({"preset": preset, **{f"p_{k}": v for k, v in p.items()},
+                            "size": size, "latency": lat})
+        print(f"[{name}] {preset}: preset {p['accuracy']:.2f}% {p['bytes']} B {p['ms']:.3f} ms"
+              f" | auto@size {size.get('accuracy', float('nan')):.2f}% "
+              f"{size.get('bytes', 0)} B | auto@latency {lat.get('accuracy', float('nan')):.2f}%"
+              f" {lat.get('ms') or float('nan'):.3f} ms (pred "
+              f"{lat.get('predicted_ms') or float('nan'):.3f})", file=sys.stderr, flush=True)
+    return out
+
+
+def markdown(results) -> str:
+    lines = []
+    for res in results:
+        lines.append(f"\n### {res['model']} ({res['layers']} layers, {res['candidates']} "
+                     f"candidates; fp32 {res['fp32']:.2f}%; planning: sensitivity "
+                     f"{res['sensitivity_s']:.0f} s, latency {res['latency_s']:.0f} s)\n")
+        lines.append("| preset | preset acc | bytes | ms | auto@size acc | auto bytes | "
+                     "auto@latency acc | auto ms (pred, err) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for row in res["rows"]:
+            if "error" in row:
+                lines.append(f"| {row['preset']} | failed: {row['error'][:80]} ||||||")
+                continue
+            s, t = row["size"], row["latency"]
+            sa = f"{s['accuracy']:.2f}" if "accuracy" in s else "infeasible"
+            ta = f"{t['accuracy']:.2f}" if "accuracy" in t else "infeasible"
+            tm = (f"{t['ms']:.3f} ({t['predicted_ms']:.3f}, {t['error_pct']:+.1f}%)"
+                  if "ms" in t else "-")
+            lines.append(f"| {row['preset']} | {row['p_accuracy']:.2f} | {row['p_bytes']:,} | "
+                         f"{row['p_ms']:.3f} | {sa} | {s.get('bytes', 0):,} | {ta} | {tm} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--cache", help="latency cache folder (default: a fresh one, cold)")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args(argv)
+    cache = args.cache or tempfile.mkdtemp(prefix="lowbit-bench-auto-")
+    print(f"load average {os.getloadavg()}", file=sys.stderr)
+    results = [run_model(m, args.presets, cache) for m in args.models]
+    print(markdown(results))
+    print(f"load average {os.getloadavg()}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
