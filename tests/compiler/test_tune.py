@@ -242,8 +242,8 @@ def test_target_this_host_cannot_run(planner):
 def test_cli_tune_writes_the_report(planner, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from lowbit.passes import analysis
     from lowbit.compiler.cli import main
+    from lowbit.passes import analysis
 
     _ = planner.costs  # measured (and cached on disk) once per module
     xdg = tmp_path / "xdg"
