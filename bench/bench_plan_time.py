@@ -8,8 +8,9 @@ is a fresh Python process that builds a :class:`lowbit.compiler.planner.Planner`
 reporting each part's seconds. Runs, sharing one cache folder:
 
 1. cold: empty cache folder;
-2. warm latency cache: ``sensitivity.json`` deleted, ``kernels.json`` kept;
-3. warm: both caches kept.
+2. warm: both caches (``kernels.json``, ``sensitivity.json``) kept;
+3. with ``--latency-warm``, also: ``sensitivity.json`` deleted, ``kernels.json`` kept (the
+   sensitivity pass alone, cold).
 
 Goal (issue 5): <= 10 min cold, <= 1 min warm, on the 2-core machine.
 Run: ``python bench/bench_plan_time.py [--calib-samples 8] [--cache DIR]``.
@@ -68,11 +69,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-samples", type=int, default=8)
     parser.add_argument("--cache", help="cache folder (default: a fresh temporary one)")
+    parser.add_argument("--latency-warm", action="store_true",
+                        help="also time a run with only the latency cache warm")
     args = parser.parse_args(argv)
     cache = args.cache or tempfile.mkdtemp(prefix="lowbit-plan-time-")
     print(f"load average {os.getloadavg()}", file=sys.stderr)
     rows = []
-    for label in ("cold", "warm latency cache", "warm"):
+    labels = ("cold", "warm") + (("warm latency cache",) if args.latency_warm else ())
+    for label in labels:
         if label == "warm latency cache":
             Path(cache, "sensitivity.json").unlink(missing_ok=True)
         res = run(cache, args.calib_samples)

@@ -183,6 +183,9 @@ class Plan:
     kernels: tuple[tuple[str, ...], ...] | None = None
     #: measured whole-model time outside the quantized layers (ms; None: unknown)
     remainder_ms: float | None = None
+    #: ``kernel_ms[l, c]``: the layer kernel's own time when ``latency`` also carries a share
+    #: of the rest of the model (None: ``latency`` is the kernel time)
+    kernel_ms: np.ndarray | None = None
 
     @property
     def candidates(self) -> dict[str, str]:
@@ -207,6 +210,13 @@ class Plan:
     def latency_ms(self) -> float | None:
         """Summed latency of the chosen layer kernels (ms; None without costs)."""
         return None if self.latency is None else self._pick(self.latency)
+
+    @property
+    def kernels_ms(self) -> float | None:
+        """Summed time of the chosen layer kernels alone (ms; None without costs)."""
+        if self.latency is None:
+            return None
+        return self._pick(self.kernel_ms if self.kernel_ms is not None else self.latency)
 
     @property
     def predicted_ms(self) -> float | None:
@@ -262,7 +272,8 @@ class Plan:
                 info.name, cand.weights.format,
                 f"w{cand.weights.bits}a{cand.activations.bits}", self.kernel(l),
                 float(self.table.sensitivity[l, c]),
-                None if self.latency is None else float(self.latency[l, c]),
+                None if self.latency is None else float(
+                    (self.kernel_ms if self.kernel_ms is not None else self.latency)[l, c]),
                 round(self.table.weight_bytes[l, c])))
         return out
 
@@ -397,15 +408,16 @@ def _solve(cost: np.ndarray, rows, layers: int, candidates: int, allowed: np.nda
 
 
 def allocate(table, costs=None, budget="size=1.0", *, kernels=None,
-             remainder_ms: float | None = None) -> Plan:
+             remainder_ms: float | None = None, kernel_ms=None) -> Plan:
     """Choose one candidate per layer of ``table`` minimising summed sensitivity under
     ``budget`` (a :class:`Budget`, CLI string or dict; None: no bound, the least damaging
     plan); ``costs`` holds the latency in ms of every (layer name, candidate name) pair, as a
     dict or a layers x candidates array in which NaN marks a candidate no kernel takes for that
     layer (needed only for a latency budget). ``kernels[l][c]``: the family measured for each
     pair (recorded in the plan); ``remainder_ms``: the measured time outside the layers, added
-    to every plan's predicted latency. The ILP and the infeasibility message: module
-    docstring."""
+    to every plan's predicted latency; ``kernel_ms``: the kernels' own times when ``costs``
+    include shares of the rest (shown in :meth:`Plan.rows`). The ILP and the infeasibility
+    message: module docstring."""
     budget = Budget() if budget is None else parse_budget(budget)
     latency = _latency_matrix(table, costs)
     layers, cands = len(table.layers), len(table.candidates)
@@ -438,7 +450,8 @@ def allocate(table, costs=None, budget="size=1.0", *, kernels=None,
                  for i, (_, m, limit) in enumerate(rows)]
         slips = [(i, over) for i, over in slips if over > 1e-9 * max(1.0, abs(rows[i][2]))]
         if not slips:
-            return Plan(table, choice, latency, budget, kernels, remainder_ms)
+            return Plan(table, choice, latency, budget, kernels, remainder_ms,
+                        None if kernel_ms is None else np.asarray(kernel_ms, dtype=np.float64))
         for i, over in slips:  # a solver tolerance let a row slip: tighten it and re-solve
             name, matrix, limit = rows[i]
             rows[i] = (name, matrix, limit - 2 * over)

@@ -273,7 +273,8 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                   input_shapes=None, *, threads: int | None = None,
                   dump_ir: str | os.PathLike | None = None,
                   log: StageLog | None = None, budget=None, max_drop: float | None = None,
-                  eval=None, planner=None, auto_plan=None) -> CompileResult:
+                  eval=None, planner=None, auto_plan=None,
+                  kernel_cache=None) -> CompileResult:
     """Run the stages plan .. compile (module docstring) and return a :class:`CompileResult`.
 
     ``model``: ONNX path / bytes / ModelProto. ``threads`` sizes TVM's thread pool of this
@@ -283,7 +284,9 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     ``budget`` (``"size=0.25,latency=0.6x"`` or a dict) and/or ``max_drop`` points with
     labelled ``eval`` data choose the plan (:mod:`lowbit.compiler.planner`; ``planner`` reuses
     an existing :class:`~lowbit.compiler.planner.Planner` and its measurements;
-    ``auto_plan`` compiles an already chosen :class:`~lowbit.compiler.allocate.Plan`)."""
+    ``auto_plan`` compiles an already chosen :class:`~lowbit.compiler.allocate.Plan`).
+    ``kernel_cache``: folder of the kernel measurement cache (default
+    ``$XDG_CACHE_HOME/lowbit``)."""
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
     from .quantize import quantize
@@ -314,7 +317,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                              dump_ir=None if dump is None else dump / "quantize")
     if any(n.op in PLANNED_OPS for n in graph.nodes):
         with log.stage("select", "kernels by measured speed"):
-            _select(graph, tgt)
+            _select(graph, tgt, kernel_cache)
     else:
         log.skip("select", "no quantized layers")
     if dump is not None:
@@ -343,7 +346,7 @@ def _plan(model, target, calib, input_shapes, budget, max_drop, eval, planner=No
     return planner.search(eval, max_drop, budget)[0]
 
 
-def _select(graph: Graph, target) -> None:
+def _select(graph: Graph, target, cache_dir=None) -> None:
     """Pick each QConv / QMatMul's kernel family by measured speed at its shape on ``target``
     (cached on disk; :func:`lowbit.codegen.select.select_kernels`); a recipe's per-layer
     ``kernel`` (carried as ``node.meta["kernel_forced"]``) wins."""
@@ -351,7 +354,7 @@ def _select(graph: Graph, target) -> None:
 
     forced = {n.name: n.meta["kernel_forced"] for n in graph.nodes
               if "kernel_forced" in n.meta}
-    select_kernels(graph, target, forced=forced or None)
+    select_kernels(graph, target, forced=forced or None, cache_dir=cache_dir)
 
 
 def _lower(graph: Graph, target):

@@ -8,9 +8,10 @@ latencies also on disk):
    that layer is quantized, on the calibration data; packed weight bytes);
 2. ``costs``: every candidate's layer latency on the target, by the fastest kernel family that
    takes it (:func:`lowbit.codegen.latency.layer_costs`, on the integer graph with every layer
-   at that candidate), and the *remainder*: the measured whole-model time of the int8 plan
-   minus its layers (:func:`lowbit.codegen.latency.remainder_ms`). A plan's predicted latency
-   is ``remainder + sum of its layers``.
+   at that candidate), and per candidate the *remainder*: the measured whole-model time of the
+   plan with every layer at that candidate minus its layers
+   (:func:`lowbit.codegen.latency.remainder_ms`). A plan's predicted latency is the sum over
+   its layers of ``T[l, c] + remainder_c / L`` (:attr:`Planner.latency_matrix`).
 
 :meth:`Planner.allocate` then solves the ILP of :func:`lowbit.compiler.allocate.allocate`
 (milliseconds, so a tuner can sweep many budgets); :meth:`Planner.search` is the
@@ -125,20 +126,45 @@ class Planner:
                                progress=advance)
 
     @cached_property
-    def remainder_ms(self) -> float | None:
-        """Measured whole-model ms of the int8 plan minus its layers (None: not measured)."""
+    def remainders(self) -> np.ndarray | None:
+        """Per candidate ``c``: the measured whole-model ms of the plan with every layer at
+        ``c`` minus its layers' kernels (>= 0); None when not measured. A candidate whose
+        uniform plan cannot be built (its kernel refuses a layer) gets the int8 plan's."""
         from ..codegen.latency import graph_ms, remainder_ms
 
         costs = self.costs
         if not costs.measured:
             return None
+        names = set(self.layer_names)
+        out = np.full(len(self.candidates), np.nan)
+        for c, base in enumerate(self._uniform_graphs):
+            if np.isnan(costs.ms[:, c]).any():
+                continue
+            graph = base.copy()
+            layers = {n.name: n for n in graph.nodes if n.name in names}
+            for l, name in enumerate(self.layer_names):
+                layers[name].meta["kernel"] = costs.family[l][c]
+            whole = graph_ms(graph, self.target, cache_dir=self.cache_dir)
+            out[c] = remainder_ms(whole, costs.ms[:, c])
         ref = (int8_candidates(self.table) or [0])[0]
-        graph = self._uniform_graphs[ref].copy()
-        layers = {n.name: n for n in graph.nodes if n.name in set(self.layer_names)}
-        for l, name in enumerate(self.layer_names):
-            layers[name].meta["kernel"] = costs.family[l][ref]
-        whole = graph_ms(graph, self.target, cache_dir=self.cache_dir)
-        return remainder_ms(whole, costs.ms[:, ref])
+        fallback = out[ref] if np.isfinite(out[ref]) else float(np.nanmean(out))
+        return np.where(np.isfinite(out), out, fallback)
+
+    @property
+    def remainder_ms(self) -> float | None:
+        """The int8 plan's remainder (ms): its whole-model time minus its layers."""
+        rem = self.remainders
+        return None if rem is None else float(rem[(int8_candidates(self.table) or [0])[0]])
+
+    @property
+    def latency_matrix(self) -> np.ndarray | None:
+        """``T[l, c] + remainder_c / L``: a layer's kernel plus an equal share of the rest of
+        its candidate's uniform plan, so that a uniform plan predicts exactly its measured
+        whole-model time and a mixed plan mixes the rests layer by layer."""
+        costs = self.costs
+        if not costs.measured:
+            return None
+        return costs.ms + self.remainders[None, :] / len(self.layer_names)
 
     # -- allocation --------------------------------------------------------------------------
     def allocate(self, budget=None) -> Plan:
@@ -154,9 +180,8 @@ class Planner:
                 f"this host; budget size= or bits= instead, or plan on a {self.target.name} "
                 f"machine")
         costs = self.costs
-        latency = costs.ms if costs.measured else None
-        return allocate(self.table, latency, budget, kernels=costs.family,
-                        remainder_ms=self.remainder_ms)
+        return allocate(self.table, self.latency_matrix, budget, kernels=costs.family,
+                        kernel_ms=costs.ms if costs.measured else None)
 
     # -- compiling and measuring a plan -------------------------------------------------------
     def compile(self, plan: Plan):
@@ -167,7 +192,8 @@ class Planner:
         key = tuple(plan.choice)
         if key not in self._compiled:
             result = compile_model(self.model, self.target, calib=self.calib,
-                                   input_shapes=self.input_shapes, auto_plan=plan)
+                                   input_shapes=self.input_shapes, auto_plan=plan,
+                                   kernel_cache=self.cache_dir)
             self._compiled[key] = (result, None)
         return self._compiled[key][0]
 
@@ -243,9 +269,8 @@ class Planner:
                 f"{floor + max_drop:.2f}% in float; raise --max-drop, relax the budget or "
                 f"add gentler candidates")
         costs = self.costs
-        allowed = ~np.isnan(costs.ms)
-        lo = float(np.where(allowed, costs.ms, np.inf).min(axis=1).sum()) \
-            + (self.remainder_ms or 0.0)
+        latency = self.latency_matrix
+        lo = float(np.where(np.isnan(latency), np.inf, latency).min(axis=1).sum())
         hi = best.predicted_ms
         for _ in range(steps):
             if hi - lo <= 0.01 * hi:
@@ -299,8 +324,8 @@ def format_plan(plan: Plan, measured_ms: float | None = None) -> str:
              f"({plan.weight_bytes / fp32:.4f} of fp32 {fp32:,} B), mean {plan.mean_bits:.2f} "
              f"weight bits, summed sensitivity {plan.sensitivity:.3e}")
     if plan.predicted_ms is not None:
-        total += (f"; latency predicted {plan.predicted_ms:.4f} ms (layers "
-                  f"{plan.latency_ms:.4f} + rest {plan.remainder_ms or 0.0:.4f})")
+        total += (f"; latency predicted {plan.predicted_ms:.4f} ms (kernels "
+                  f"{plan.kernels_ms:.4f} + rest {plan.predicted_ms - plan.kernels_ms:.4f})")
         if measured_ms is not None:
             error = 100.0 * (plan.predicted_ms - measured_ms) / measured_ms
             total += f", measured {measured_ms:.4f} ms ({error:+.1f}% error)"

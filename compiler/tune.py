@@ -4,7 +4,8 @@ Given a :class:`~lowbit.compiler.planner.Planner` (one model, target, calibratio
 candidate set), :func:`tune`
 
 1. *sweeps* budgets (:func:`sweep`): ``points`` latency budgets in ms, evenly spaced from the
-   smallest feasible predicted latency ``remainder + sum_l min_c T[l, c]`` to the predicted
+   smallest feasible predicted latency ``sum_l min_c T'[l, c]`` (kernel plus share of the
+   rest, :attr:`~lowbit.compiler.planner.Planner.latency_matrix`) to the predicted
    latency of the least damaging plan (``planner.allocate(None)``), and ``points`` size
    budgets in bytes, evenly spaced from the smallest feasible size ``ceil(sum_l min_c
    B[l, c])`` to that plan's bytes (size budgets rounded up to whole bytes). Infeasible
@@ -156,13 +157,11 @@ def _allowed(planner) -> np.ndarray:
 
 def _latency_budgets(planner, best: Plan, points: int) -> list[Budget]:
     costs = planner.costs
-    remainder = planner.remainder_ms
     if not costs.measured or best.predicted_ms is None or \
-            not math.isfinite(best.predicted_ms) or \
-            (remainder is not None and not math.isfinite(remainder)):
+            not math.isfinite(best.predicted_ms):
         return []
     allowed = _allowed(planner)
-    lo = float(np.where(allowed, costs.ms, np.inf).min(axis=1).sum()) + (remainder or 0.0)
+    lo = float(np.where(allowed, planner.latency_matrix, np.inf).min(axis=1).sum())
     hi = max(lo, best.predicted_ms)
     return [Budget(latency=float(v), latency_unit="ms") for v in np.linspace(lo, hi, points)]
 

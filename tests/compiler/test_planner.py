@@ -57,8 +57,17 @@ def test_costs_are_measured_for_every_layer_and_candidate(planner):
     families = {f for row in costs.family for f in row}
     assert families <= {"int8", "bitserial", "lut", "shiftadd", "shiftadd_int8", "reference"}
     assert planner.remainder_ms is not None and planner.remainder_ms >= 0
+    assert planner.remainders.shape == (len(CANDS),) and np.all(planner.remainders >= 0)
     plan = planner.allocate(None)
-    assert plan.predicted_ms == pytest.approx(plan.latency_ms + planner.remainder_ms)
+    # predicted = the chosen kernels + each layer's share of its candidate's rest
+    shares = planner.remainders[list(plan.choice)] / len(plan.choice)
+    assert plan.predicted_ms == pytest.approx(plan.kernels_ms + shares.sum())
+    # rows show the kernels' own times
+    assert all(r.latency_ms == pytest.approx(planner.costs.ms[l, c])
+               for l, (r, c) in enumerate(zip(plan.rows(), plan.choice)))
+    # a uniform plan predicts the measured whole-model time of its graph (kernels + rest)
+    assert planner.latency_matrix[:, 0].sum() == pytest.approx(
+        planner.costs.ms[:, 0].sum() + planner.remainders[0])
     # the least damaging plan: every layer at its lowest-sensitivity candidate
     best = planner.table.sensitivity.argmin(axis=1)
     assert plan.sensitivity == pytest.approx(planner.table.sensitivity.min(axis=1).sum())
@@ -82,7 +91,7 @@ def test_size_budget_is_honoured_exactly_by_the_compiled_model(planner):
 
 def test_latency_budget_binds_and_is_met_by_the_prediction(planner):
     free = planner.allocate(None)
-    fastest = planner.costs.ms.min(axis=1).sum() + planner.remainder_ms
+    fastest = planner.latency_matrix.min(axis=1).sum()
     limit = (free.predicted_ms + fastest) / 2
     plan = planner.allocate(f"latency={limit}ms")
     assert plan.predicted_ms <= limit + 1e-9
