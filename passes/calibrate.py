@@ -149,9 +149,12 @@ def _stderr_console():
 
 
 def capture_values(graph: Graph, calib: CalibrationSet, values: list[Value],
-                   description: str = "collecting") -> dict[str, np.ndarray]:
+                   description: str = "collecting",
+                   initial_envs=None) -> dict[str, np.ndarray]:
     """Run every calibration batch through the fake-quant simulator and return the arrays of
-    ``values`` (by name), batches concatenated along axis 0."""
+    ``values`` (by name), batches concatenated along axis 0. ``initial_envs`` (one
+    ``{value name: array}`` per batch, or None) resumes each run from known values
+    (:meth:`~lowbit.runtime.reference.Interpreter.run`'s ``initial_env``)."""
     wanted = {id(v): v.name for v in values}
     parts: dict[str, list[np.ndarray]] = {v.name: [] for v in values}
 
@@ -163,10 +166,10 @@ def capture_values(graph: Graph, calib: CalibrationSet, values: list[Value],
                     self.seen.add(id(v))
             return super().run_node(node, inputs)
 
-    for feed in batches(calib, description):
+    for i, feed in enumerate(batches(calib, description)):
         interp = _Capture(graph)
         interp.seen = set()
-        interp.run(feed)
+        interp.run(feed, initial_env=None if initial_envs is None else initial_envs[i])
     return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items() if chunks}
 
 

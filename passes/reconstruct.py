@@ -65,11 +65,14 @@ class Reconstruct(Pass):
     name = "reconstruct"
     in_place = True
 
-    def __init__(self, calib, iters: int = 1000, seed: int = 0, method: str = "adaquant"):
+    def __init__(self, calib, iters: int = 1000, seed: int = 0, method: str = "adaquant",
+                 initial_envs=None):
         self.calib = calib
         self.iters = iters
         self.seed = seed
         self.method = method
+        #: per calibration batch, known values to resume the input capture from (or None)
+        self.initial_envs = initial_envs
 
     def run(self, graph: Graph) -> PassResult:
         layers = [layer for layer in quantized_layers(graph)
@@ -91,7 +94,8 @@ class Reconstruct(Pass):
             fq.meta["ptq"] = f"skipped: {node.op.value} with weight {list(w.shape)}"
             return False
         x_value = node.inputs[0]
-        x = capture_values(graph, calib, [x_value], f"reconstruct {node.name}")[x_value.name]
+        x = capture_values(graph, calib, [x_value], f"reconstruct {node.name}",
+                           self.initial_envs)[x_value.name]
         if node.op == Op.MATMUL:
             kind, conv_attrs = "linear", None
             w_in, q_in = np.ascontiguousarray(w.T), transpose_qtype(qtype, w.shape)

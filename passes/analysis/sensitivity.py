@@ -410,8 +410,14 @@ class _FloatPrefix:
                                   for values, feed in zip(self.values, self.feeds)],
                            recipe.calibration)
         if iters > 0:
-            Reconstruct(calib_set, iters=iters, seed=recipe.ptq.seed)(qgraph)
+            Reconstruct(calib_set, iters=iters, seed=recipe.ptq.seed,
+                        initial_envs=self._envs())(qgraph)
         return qgraph
+
+    def _envs(self) -> list[dict[str, np.ndarray]]:
+        """Per batch, the float values upstream of every FakeQuant of the current graph."""
+        return [{k: a for k, a in values.items() if k not in self._tainted}
+                for values in self.values]
 
     def run(self, qgraph: Graph) -> list[dict[str, np.ndarray]]:
         """Outputs of the fake-quant ``qgraph`` per batch, resumed from the float prefix."""
@@ -419,11 +425,8 @@ class _FloatPrefix:
 
         if self.values is None:
             return [FakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
-        outs = []
-        for values, feed in zip(self.values, self.feeds):
-            env = {k: a for k, a in values.items() if k not in self._tainted}
-            outs.append(FakeQuantInterpreter(qgraph).run(feed, initial_env=env))
-        return outs
+        return [FakeQuantInterpreter(qgraph).run(feed, initial_env=env)
+                for env, feed in zip(self._envs(), self.feeds)]
 
 
 def _downstream(nodes: list[Node]) -> set[str]:
