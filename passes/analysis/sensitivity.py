@@ -25,8 +25,10 @@ memory per (model, layer, formats, metric, calibration data); everything is dete
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -251,9 +253,8 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
     metric) results also persist in ``sensitivity.json`` in ``cache_dir`` (default
     ``$XDG_CACHE_HOME/lowbit``), keyed by lowbit version, model and calibration digests, layer,
     formats, metric and reconstruction steps."""
-    from ...compiler.quantize import _float_graph, quantize, weight_size
+    from ...compiler.quantize import _float_graph, weight_size
     from ...passes.calibrate import as_calibration_set
-    from ...runtime.reference import run_reference
 
     if base != "none":
         raise QuantizationError(
@@ -289,7 +290,8 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
 
     sens = np.zeros((len(infos), len(candidates)))
     nbytes = np.zeros((len(infos), len(candidates)))
-    with ProgressBar(len(infos) * len(candidates)) as advance:
+    last_save = time.monotonic()
+    with ProgressBar(len(infos) * len(candidates)) as advance, _saved(disk):
         for li, info in enumerate(infos):
             for ci, cand in enumerate(candidates):
                 iters = ptq_iters if cand.reconstructs else 0
@@ -308,11 +310,27 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
                                    int(layer_bytes))
                     if disk is not None:
                         _disk_put(disk, key, _CACHE[key])
-                        disk.save()
+                        if time.monotonic() - last_save > SAVE_EVERY_S:
+                            disk.save()  # an interrupted run keeps most of its work
+                            last_save = time.monotonic()
                 sens[li, ci], nbytes[li, ci] = _CACHE[key]
                 advance()
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     return SensitivityTable(infos, candidates, sens, nbytes, metric_name)
+
+
+#: the sensitivity file is rewritten at most this often during a run (and once at its end)
+SAVE_EVERY_S = 30.0
+
+
+@contextlib.contextmanager
+def _saved(disk):
+    """Save ``disk`` (if any) when the block ends, also on an error or an interrupt."""
+    try:
+        yield
+    finally:
+        if disk is not None:
+            disk.save()
 
 
 def _disk_cache(cache_dir):
