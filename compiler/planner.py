@@ -108,9 +108,52 @@ class Planner:
     def layer_names(self) -> tuple[str, ...]:
         return tuple(info.name for info in self.table.layers)
 
-    @cached_property
+    @property
     def costs(self):
         """:class:`~lowbit.codegen.latency.LayerCosts` of every layer x candidate."""
+        return self._measured[0]
+
+    @property
+    def remainders(self) -> np.ndarray | None:
+        """Per candidate ``c``: the measured whole-model ms of the plan with every layer at
+        ``c`` minus its layers' kernels (>= 0); None when not measured. A candidate whose
+        uniform plan cannot be built (its kernel refuses a layer) gets the int8 plan's."""
+        return self._measured[1]
+
+    @cached_property
+    def _measured(self):
+        """``(LayerCosts, remainders)``, read from the costs cache (``costs/<key>.json`` in
+        the cache folder, keyed by lowbit version, target, model, calibration data and
+        candidates) or measured and written there."""
+        from ..codegen.latency import LayerCosts
+
+        path = self._costs_path()
+        cached = _read_costs(path, len(self.layer_names), len(self.candidates))
+        if cached is not None:
+            return cached
+        costs = self._measure_costs()
+        rem = self._measure_remainders(costs)
+        if costs.measured:
+            _write_costs(path, costs, rem)
+        return LayerCosts(costs.ms, costs.family, costs.measured), rem
+
+    def _costs_path(self) -> Path:
+        import hashlib
+
+        from .. import __version__
+        from ..passes.analysis.sensitivity import _digest_calib, _digest_graph
+        from .disk_cache import cache_folder
+
+        h = hashlib.sha256()
+        for part in (__version__, self.target.name, repr(dict(self.target.tvm_items)),
+                     _digest_graph(self.graph), _digest_calib(self.calib),
+                     repr(self.candidates), str(self.measure)):
+            h.update(part.encode())
+            h.update(b"|")
+        folder = Path(self.cache_dir) if self.cache_dir is not None else cache_folder()
+        return folder / "costs" / f"{h.hexdigest()[:32]}.json"
+
+    def _measure_costs(self):
         from ..codegen.latency import layer_costs
         from ..passes.analysis.sensitivity import ProgressBar
         from .quantize import quantize
@@ -125,14 +168,9 @@ class Planner:
                                cache_dir=self.cache_dir, measure=self.measure,
                                progress=advance)
 
-    @cached_property
-    def remainders(self) -> np.ndarray | None:
-        """Per candidate ``c``: the measured whole-model ms of the plan with every layer at
-        ``c`` minus its layers' kernels (>= 0); None when not measured. A candidate whose
-        uniform plan cannot be built (its kernel refuses a layer) gets the int8 plan's."""
+    def _measure_remainders(self, costs) -> np.ndarray | None:
         from ..codegen.latency import graph_ms, remainder_ms
 
-        costs = self.costs
         if not costs.measured:
             return None
         names = set(self.layer_names)
@@ -268,7 +306,6 @@ class Planner:
                 f"{budget} measures {best_m.accuracy:.2f}% top-1 against "
                 f"{floor + max_drop:.2f}% in float; raise --max-drop, relax the budget or "
                 f"add gentler candidates")
-        costs = self.costs
         latency = self.latency_matrix
         lo = float(np.where(np.isnan(latency), np.inf, latency).min(axis=1).sum())
         hi = best.predicted_ms
@@ -286,6 +323,45 @@ class Planner:
             else:
                 lo = mid
         return best, best_m
+
+
+def _read_costs(path: Path, layers: int, candidates: int):
+    """``(LayerCosts, remainders)`` from a costs file, or None (missing, unreadable, or of
+    another shape)."""
+    import json
+
+    from ..codegen.latency import LayerCosts
+
+    try:
+        data = json.loads(path.read_text())
+        ms = np.array([[np.nan if v is None else float(v) for v in row] for row in data["ms"]])
+        family = tuple(tuple(str(f) for f in row) for row in data["family"])
+        rem = np.array([float(v) for v in data["remainders"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if ms.shape != (layers, candidates) or rem.shape != (candidates,) or \
+            len(family) != layers or any(len(row) != candidates for row in family):
+        return None
+    return LayerCosts(ms, family, True), rem
+
+
+def _write_costs(path: Path, costs, remainders) -> None:
+    """Write a costs file atomically (temp file in the same folder, then rename)."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"ms": [[None if np.isnan(v) else float(v) for v in row] for row in costs.ms],
+            "family": [list(row) for row in costs.family],
+            "remainders": [float(v) for v in remainders]}
+    fd, tmp = tempfile.mkstemp(prefix=".costs-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,

@@ -103,8 +103,17 @@ def test_plan_is_deterministic_and_saves_as_a_recipe(planner, cache, tmp_path):
     sensitivity_module.clear_cache()
     again = Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, candidates=CANDS,
                     cache_dir=cache, sensitivity_cache=False)  # sensitivities recomputed
-    a, b = planner.allocate("size=0.2"), again.allocate("size=0.2")
-    assert a.choice == b.choice and a.rows() == b.rows()
+    _ = planner.costs  # measured once and written to the costs cache
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("costs were measured again despite the costs cache")
+
+    with pytest.MonkeyPatch.context() as mp:  # a warm cache: no quantizing, no timing
+        mp.setattr(Planner, "_measure_costs", forbidden)
+        a, b = planner.allocate("size=0.2"), again.allocate("size=0.2")
+        assert a.choice == b.choice and a.rows() == b.rows()
+        np.testing.assert_array_equal(again.latency_matrix, planner.latency_matrix)
+    assert list((cache / "costs").glob("*.json"))
     path = a.save(tmp_path / "plan.toml")
     recipe = load_recipe(path)
     graph = lowbit.quantize(MODEL, recipe=recipe, calib=_calib(), input_shapes=SHAPES)
