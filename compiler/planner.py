@@ -346,22 +346,16 @@ def _read_costs(path: Path, layers: int, candidates: int):
 
 
 def _write_costs(path: Path, costs, remainders) -> None:
-    """Write a costs file atomically (temp file in the same folder, then rename)."""
+    """Write a costs file atomically (:func:`lowbit.compiler.cli.write_atomic`)."""
     import json
-    import os
+
+    from .cli import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {"ms": [[None if np.isnan(v) else float(v) for v in row] for row in costs.ms],
             "family": [list(row) for row in costs.family],
             "remainders": [float(v) for v in remainders]}
-    fd, tmp = tempfile.mkstemp(prefix=".costs-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data))
 
 
 def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,
