@@ -178,9 +178,11 @@ def test_cli_auto_errors_are_one_line(capsys, tmp_path, extra, pattern):
     assert not (tmp_path / "out.lbx").exists()
 
 
-def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cache,
+def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cache, planner,
                                                           monkeypatch):
     from lowbit.passes import analysis
+
+    _ = planner.costs  # the module's measurements, copied below
 
     xdg = tmp_path / "xdg"
     (xdg / "lowbit").mkdir(parents=True)
@@ -204,3 +206,29 @@ def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cach
                  "--input-shape", "input=30,1,8,8"])
     assert code == 0
     assert "weights: fp32" in capsys.readouterr().out
+
+
+def test_cli_inspect_auto_prints_ir_and_plan(capsys, tmp_path, cache, planner, monkeypatch):
+    from lowbit.passes import analysis
+
+    _ = planner.costs  # the module's measurements, copied below
+
+    xdg = tmp_path / "xdg"
+    (xdg / "lowbit").mkdir(parents=True)
+    (xdg / "lowbit" / "kernels.json").write_bytes((cache / "kernels.json").read_bytes())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    monkeypatch.setattr(analysis, "DEFAULT_CANDIDATES", CANDS)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **_calib())
+    plan = tmp_path / "p.json"
+    code = main(["inspect", MODEL, "--quant", "auto", "--budget", "bits=5", "--calib",
+                 str(calib), "--input-shape", "input=30,1,8,8", "--save-plan", str(plan)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "QConv" in out and "plan (--quant auto):" in out and "budget bits=5" in out
+    mean_bits = float(re.search(r"mean ([0-9.]+) weight bits", out).group(1))
+    assert mean_bits <= 5.0
+    assert len(load_recipe(plan).nodes) == 4
+    # inspect without --quant auto refuses the auto options
+    code = main(["inspect", MODEL, "--budget", "bits=5"])
+    _one_line(capsys, code, "--budget applies to --quant auto")
