@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -158,7 +155,7 @@ def graph_ms(graph: Graph, target, *, cache_dir=None) -> float:
 def artifact_ms(artifact) -> float:
     """Median ms of a compiled :class:`~lowbit.runtime.artifact.Artifact` on this CPU, one
     thread, random inputs of its manifest shapes and dtypes."""
-    import tvm
+    from ..runtime.session import load_payload
 
     rng = np.random.default_rng(0)
     inputs = []
@@ -170,14 +167,7 @@ def artifact_ms(artifact) -> float:
                                        spec.shape).astype(dt))
         else:
             inputs.append(rng.standard_normal(spec.shape).astype(dt))
-    fd, tmp = tempfile.mkstemp(prefix="lowbit-", suffix=".so")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(artifact.payload)
-        module = tvm.runtime.load_module(tmp)
-        return time_executable(module, inputs) / 1000.0
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return time_executable(load_payload(artifact.payload), inputs) / 1000.0
 
 
 def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:

@@ -32,6 +32,7 @@ are written atomically (temp file + rename), so an interrupted run leaves nothin
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -86,12 +87,7 @@ def _cmd_inspect(args) -> int:
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
 
-    shapes: dict[str, tuple[int, ...]] = {}
-    for text in args.input_shape or []:
-        name, shape = parse_input_shape(text)
-        if name in shapes:
-            raise _CliError(f"--input-shape given twice for input {name!r}")
-        shapes[name] = shape
+    shapes = _parse_shapes(args.input_shape) or {}
     if args.quant is not None or args.recipe is not None:
         return _inspect_quantized(args, shapes)
     if args.calib is not None or args.calibration is not None:
@@ -222,7 +218,7 @@ def _max_drop(text) -> float | None:
     except ValueError:
         raise _CliError(f"--max-drop {text!r}: give accuracy points as a number, e.g. "
                         f"--max-drop 1.0") from None
-    if not (value >= 0 and value == value and value != float("inf")):
+    if not (math.isfinite(value) and value >= 0):
         raise _CliError(f"--max-drop {text!r}: give a finite number of points >= 0")
     return value
 

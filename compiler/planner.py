@@ -131,8 +131,8 @@ class Planner:
         cached = _read_costs(path, len(self.layer_names), len(self.candidates))
         if cached is not None:
             return cached
-        costs = self._measure_costs()
-        rem = self._measure_remainders(costs)
+        graphs, costs = self._measure_costs()
+        rem = self._measure_remainders(graphs, costs)
         if costs.measured:
             _write_costs(path, costs, rem)
         return LayerCosts(costs.ms, costs.family, costs.measured), rem
@@ -154,28 +154,28 @@ class Planner:
         return folder / "costs" / f"{h.hexdigest()[:32]}.json"
 
     def _measure_costs(self):
+        """``(uniform integer graph per candidate, LayerCosts)``."""
         from ..codegen.latency import layer_costs
         from ..passes.analysis.sensitivity import ProgressBar
         from .quantize import quantize
 
         graphs = [quantize(self.graph, recipe=uniform_recipe(self.layer_names, c),
                            calib=self.calib) for c in self.candidates]
-        self._uniform_graphs = graphs
         total = len(graphs) * len(self.layer_names)
         with ProgressBar(total, f"kernel latency ({self.target.name})") as advance:
-            return layer_costs(graphs, self.layer_names, self.target,
+            return graphs, layer_costs(graphs, self.layer_names, self.target,
                                kernels=[c.kernel for c in self.candidates],
                                cache_dir=self.cache_dir, measure=self.measure,
                                progress=advance)
 
-    def _measure_remainders(self, costs) -> np.ndarray | None:
+    def _measure_remainders(self, graphs, costs) -> np.ndarray | None:
         from ..codegen.latency import graph_ms, remainder_ms
 
         if not costs.measured:
             return None
         names = set(self.layer_names)
         out = np.full(len(self.candidates), np.nan)
-        for c, base in enumerate(self._uniform_graphs):
+        for c, base in enumerate(graphs):
             if np.isnan(costs.ms[:, c]).any():
                 continue
             graph = base.copy()

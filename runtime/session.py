@@ -87,6 +87,24 @@ def _configure_thread(threads: int, where: str) -> None:
     _thread_state.threads = threads
 
 
+def load_payload(payload: bytes, where: str = "artifact"):
+    """Load an artifact's library bytes as a TVM runtime module (via a private temporary
+    ``.so``, removed after loading); ArtifactError naming ``where`` if TVM refuses them."""
+    import tvm
+
+    fd, tmp = tempfile.mkstemp(prefix="lowbit-", suffix=".so")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        return tvm.runtime.load_module(tmp)
+    except (RuntimeError, OSError, ValueError) as exc:  # tvm.error.InternalError...
+        raise ArtifactError(
+            f"{where}: TVM could not load the payload "
+            f"({' '.join(str(exc).split())[:200]}); recompile the model") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 class Session:
     """Run a ``.lbx`` artifact: ``Session(path, threads=None).run(output_names, feeds)``.
 
@@ -124,17 +142,7 @@ class Session:
 
     # -- loading ------------------------------------------------------------------------------
     def _load_library(self, payload: bytes):
-        fd, tmp = tempfile.mkstemp(prefix="lowbit-", suffix=".so")  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            return self._tvm.runtime.load_module(tmp)
-        except (RuntimeError, OSError, ValueError) as exc:  # tvm.error.InternalError...
-            raise ArtifactError(
-                f"artifact {str(self.path)!r}: TVM could not load the payload "
-                f"({' '.join(str(exc).split())[:200]}); recompile the model") from None
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        return load_payload(payload, f"artifact {str(self.path)!r}")
 
     def _vm(self):
         vm = getattr(self._local, "vm", None)
