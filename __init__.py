@@ -29,6 +29,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+#: the CPUs this process may run on, read when lowbit is imported: TVM's thread pool later
+#: pins the thread that configures it to one CPU (lowbit.compiler.parallel gives workers these)
+START_CPUS = frozenset(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else None
+
 from .ir import DType, Graph, LowbitError, Node, Op, QType, Value
 
 

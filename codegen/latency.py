@@ -18,27 +18,40 @@ The allocator's latency of a plan is predicted as::
 artifact; both one thread, median of :data:`~lowbit.codegen.select.REPEATS` repeats, cache-hot,
 random inputs (timing does not depend on the values). Whole-graph times are cached on disk too,
 keyed by a digest of the graph (text and constants) and the target.
+
+Compiling is the slow part (a one-node kernel ~0.2 s, a whole model seconds), timing is not,
+and a timing must not share the CPU with a compile: :func:`layer_costs` and :func:`graphs_ms`
+first compile every uncached kernel / graph on ``jobs`` worker processes
+(:func:`lowbit.compiler.parallel.pmap`), then time them one by one in this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir import Graph
-from ..ir.errors import LoweringError
+from ..ir.errors import LowbitError, LoweringError
 from .select import (
     LAYER_OPS,
     REFERENCE,
     candidates,
-    measure_pool,
     open_cache,
     time_executable,
 )
+
+#: worker processes compile the uncached one-node kernels of :func:`layer_costs` only when
+#: there are at least this many (a worker takes ~2-3 s to start, a kernel ~0.2 s to compile)
+MIN_PARALLEL_LAYERS = 32
+#: ... and the uncached whole graphs of :func:`graphs_ms` only when they hold at least this
+#: many nodes in all (~40 ms of compiling per node)
+MIN_PARALLEL_NODES = 200
 
 
 @dataclass(frozen=True)
@@ -55,42 +68,82 @@ def _layer_nodes(graph: Graph) -> dict:
     return {n.name: n for n in graph.nodes if n.op in LAYER_OPS}
 
 
+def _workers(jobs, work: int, threshold: int) -> int:
+    """``jobs`` worker processes when ``work >= threshold``, else 1 (here): a worker takes
+    ~2-3 s to start, so a little work is faster without one."""
+    from ..compiler.parallel import resolve_jobs
+
+    return resolve_jobs(jobs) if work >= threshold else 1
+
+
 def layer_costs(graphs: Sequence[Graph], layers: Sequence[str], target, *,
                 kernels: Sequence[str | None] | None = None, cache_dir=None,
-                measure: bool = True, progress=None) -> LayerCosts:
+                measure: bool = True, progress=None, jobs: int | None = 1) -> LayerCosts:
     """Per-layer latency of every candidate (module docstring). ``graphs[c]``: the integer
     graph with every layer of ``layers`` at candidate ``c``; ``kernels[c]``: the family that
     candidate forces (None: the fastest accepted). ``measure=False`` or a target that cannot
     run here (arm64, cuda) gives NaN times and the static family order. ``progress()`` is
-    called once per (layer, candidate)."""
-    from .select import _static_choice
+    called once per (layer, candidate), as its time is known.
+
+    The (layer, family) kernels not in the cache (deduplicated by
+    :func:`~lowbit.codegen.select.layer_key`) are first compiled on ``jobs`` worker processes
+    (None: :func:`~lowbit.compiler.parallel.default_jobs`; workers only for at least
+    :data:`MIN_PARALLEL_LAYERS` kernels), then timed one by one in this process, with no
+    compile running beside them; results do not depend on ``jobs``."""
+    from .select import _static_choice, compile_layers, layer_key, time_layer
     from .target import resolve_target
 
     if isinstance(target, str):
         target = resolve_target(target)
     timing = measure and target.runs_on_host()
-    cache = open_cache(cache_dir) if timing else None
     kernels = list(kernels) if kernels is not None else [None] * len(graphs)
+    # every (candidate, layer): its node and the families to compare (None: NaN, the forced
+    # kernel cannot take the layer)
+    pairs = []
+    for c, graph in enumerate(graphs):
+        nodes = _layer_nodes(graph)
+        for l, name in enumerate(layers):
+            node = nodes.get(name)
+            if node is None:
+                raise LoweringError(
+                    f"layer '{name}' is not a QConv / QMatMul in the integer graph of "
+                    f"candidate {c}; the candidate did not quantize it")
+            pool, _ = candidates(node, target)
+            if kernels[c] is not None:
+                pool = [kernels[c]] if kernels[c] in pool else None
+            pairs.append((c, l, node, pool))
     ms = np.full((len(layers), len(graphs)), np.nan)
     family = [[REFERENCE] * len(graphs) for _ in layers]
-    try:
-        for c, graph in enumerate(graphs):
-            nodes = _layer_nodes(graph)
-            for l, name in enumerate(layers):
-                node = nodes.get(name)
-                if node is None:
-                    raise LoweringError(
-                        f"layer '{name}' is not a QConv / QMatMul in the integer graph of "
-                        f"candidate {c}; the candidate did not quantize it")
-                pool, _ = candidates(node, target)
-                if kernels[c] is not None:
-                    if kernels[c] not in pool:
-                        if progress:
-                            progress()
-                        continue  # this candidate's kernel cannot take the layer: NaN
-                    pool = [kernels[c]]
+    cache = open_cache(cache_dir) if timing else None
+    todo: dict[str, tuple] = {}  # uncached key -> (node, family), first use first
+    for _, _, node, pool in pairs if timing else ():
+        for fam in pool or ():
+            key = layer_key(node, target, fam)
+            if key not in todo and cache.get(key) is None:
+                todo[key] = (node, fam)
+    with contextlib.ExitStack() as stack:
+        compiled = {}
+        if todo:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="lowbit-layers-"))
+            workers = _workers(jobs, len(todo), MIN_PARALLEL_LAYERS)
+            compiled = dict(zip(todo, compile_layers(list(todo.values()), target, folder,
+                                                     workers)))
+        try:
+            for c, l, node, pool in pairs:
+                if pool is None:
+                    if progress:
+                        progress()
+                    continue
                 if timing:
-                    times, _ = measure_pool(node, pool, target, cache)
+                    times = {}
+                    for fam in pool:
+                        key = layer_key(node, target, fam)
+                        if key in compiled:  # compiled above, timed on its first use
+                            outcome = compiled.pop(key)
+                            if isinstance(outcome, LowbitError):
+                                raise outcome
+                            cache.put(key, time_layer(todo[key][0], outcome))
+                        times[fam] = cache.get(key)
                     best = min(pool, key=lambda f: (times[f], f))
                     ms[l, c] = times[best] / 1000.0
                 else:
@@ -98,9 +151,9 @@ def layer_costs(graphs: Sequence[Graph], layers: Sequence[str], target, *,
                 family[l][c] = best
                 if progress:
                     progress()
-    finally:
-        if cache is not None:
-            cache.save()
+        finally:
+            if cache is not None:
+                cache.save()
     return LayerCosts(ms, tuple(tuple(row) for row in family), timing)
 
 
@@ -129,11 +182,21 @@ def graph_digest(graph: Graph) -> str:
     return h.hexdigest()
 
 
-def graph_ms(graph: Graph, target, *, cache_dir=None) -> float:
-    """Median ms of the whole ``graph`` compiled for ``target`` (host only), one thread;
-    cached on disk by :func:`graph_digest` and target."""
+def _graph_key(graph: Graph, target) -> str:
     from .. import __version__
-    from .build import build
+
+    return (f"lowbit={__version__}|target={target.name}:{dict(target.tvm_items)}|graph|"
+            f"{graph_digest(graph)}")
+
+
+def graphs_ms(graphs: Sequence[Graph], target, *, cache_dir=None,
+              jobs: int | None = 1) -> list[float]:
+    """Median ms of each whole graph of ``graphs`` compiled for ``target`` (host only), one
+    thread; cached on disk by :func:`graph_digest` and target. The uncached graphs are
+    compiled first, on ``jobs`` worker processes (None: the default; workers only when they
+    hold at least :data:`MIN_PARALLEL_NODES` nodes in all), then timed one by one in this
+    process with no compile running beside them."""
+    from .select import compile_graphs, load_executable
     from .target import resolve_target
 
     if isinstance(target, str):
@@ -142,14 +205,34 @@ def graph_ms(graph: Graph, target, *, cache_dir=None) -> float:
         raise LoweringError(f"cannot time a model for target {target.name!r} on this host; "
                             f"latency budgets need a target this machine runs (x86)")
     cache = open_cache(cache_dir)
-    key = (f"lowbit={__version__}|target={target.name}:{dict(target.tvm_items)}|graph|"
-           f"{graph_digest(graph)}")
-    us = cache.get(key)
-    if us is None:
-        us = time_executable(build(graph, target), _random_inputs(graph.inputs))
-        cache.put(key, us)
-        cache.save()
-    return us / 1000.0
+    keys = [_graph_key(graph, target) for graph in graphs]
+    todo = {}  # uncached key -> graph
+    for key, graph in zip(keys, graphs):
+        if key not in todo and cache.get(key) is None:
+            todo[key] = graph
+    if todo:
+        workers = _workers(jobs, sum(len(g.nodes) for g in todo.values()), MIN_PARALLEL_NODES)
+        with tempfile.TemporaryDirectory(prefix="lowbit-graphs-") as folder:
+            compiled = compile_graphs(list(todo.values()), target, folder, workers)
+            try:
+                for (key, graph), outcome in zip(todo.items(), compiled):
+                    if isinstance(outcome, LowbitError):
+                        raise outcome
+                    if isinstance(outcome, str):
+                        raise LoweringError(
+                            f"graph '{graph.name}' failed to compile for timing: {outcome}; "
+                            f"compile it alone (lowbit.codegen.build.build) for the full "
+                            f"error")
+                    cache.put(key, time_executable(load_executable(outcome),
+                                                   _random_inputs(graph.inputs)))
+            finally:
+                cache.save()
+    return [cache.get(key) / 1000.0 for key in keys]
+
+
+def graph_ms(graph: Graph, target, *, cache_dir=None) -> float:
+    """:func:`graphs_ms` of one graph, in this process."""
+    return graphs_ms([graph], target, cache_dir=cache_dir, jobs=1)[0]
 
 
 def artifact_ms(artifact) -> float:
@@ -178,5 +261,5 @@ def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:
     return max(0.0, whole_ms - total)
 
 
-__all__ = ["LayerCosts", "artifact_ms", "graph_digest", "graph_ms", "layer_costs",
-           "remainder_ms"]
+__all__ = ["MIN_PARALLEL_LAYERS", "MIN_PARALLEL_NODES", "LayerCosts", "artifact_ms",
+           "graph_digest", "graph_ms", "graphs_ms", "layer_costs", "remainder_ms"]

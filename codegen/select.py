@@ -11,8 +11,11 @@ plus ``"reference"`` (the generic exact te kernel, always possible).
   TVM's ``time_evaluator`` on one thread (median of :data:`REPEATS` repeats of at least
   :data:`MIN_REPEAT_MS` ms each, cache-hot); the fastest wins, ties broken by family name.
   Measurements are cached on disk (:class:`MeasurementCache`), so a second selection of the
-  same layers does no timing. A target that cannot run on this host (arm64, cuda) is not
-  measured: the static order applies.
+  same layers does no timing. Compiling and timing are separate steps for callers that
+  compile many layers at once (:func:`lowbit.codegen.latency.layer_costs`):
+  :func:`compile_layers` builds and exports libraries on worker processes, :func:`time_layer`
+  times one here (a loaded library skips the LLVM JIT of an in-memory executable). A target
+  that cannot run on this host (arm64, cuda) is not measured: the static order applies.
 * ``measure=False``: the first candidate in :data:`STATIC_PREFERENCE` (then any other family
   by name, then ``reference``). The order reflects the kernels' design: bit-serial popcount
   for <= 4-bit activations, then the int8 VNNI GEMM, the pow2 -> int8 VNNI variant, table
@@ -38,7 +41,7 @@ import numpy as np
 from ..compiler.disk_cache import JsonCache as MeasurementCache
 from ..compiler.disk_cache import cache_folder
 from ..ir import Graph, Node, Op
-from ..ir.errors import LoweringError
+from ..ir.errors import LowbitError, LoweringError
 
 REFERENCE = "reference"
 #: static order (``measure=False``); families not listed follow by name, then ``reference``
@@ -134,12 +137,15 @@ def _codes(value, rng) -> np.ndarray:
 @contextlib.contextmanager
 def _single_thread():
     """TVM's pool at one thread (parallel loops run inline) for the duration; the previous
-    ``TVM_NUM_THREADS`` is restored after (the pool resized back to it, or to the CPU count)."""
+    ``TVM_NUM_THREADS`` is restored after (the pool resized back to it, or to the CPU count),
+    and so is this thread's CPU affinity: configuring the pool pins the calling thread to one
+    CPU, and worker processes spawned later would inherit that one CPU."""
     import tvm
 
     from .kernels.bitserial import set_num_threads
 
     before = os.environ.get("TVM_NUM_THREADS")
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     set_num_threads(1)
     try:
         yield
@@ -149,6 +155,20 @@ def _single_thread():
             tvm.get_global_func("runtime.config_threadpool")(0, os.cpu_count() or 1)
         else:
             set_num_threads(int(before))
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+
+def _describe(err: BaseException) -> str:
+    """``TypeName: first line of the message`` (compile failures, one line)."""
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _layer_failure(node: Node, family: str, why: str) -> LoweringError:
+    return LoweringError(
+        f"{node.op.value} node '{node.name}': kernel family '{family}' failed to compile "
+        f"for timing: {why}; force another kernel for this layer in the recipe")
 
 
 def measure_layer(node: Node, family: str, target) -> float:
@@ -162,11 +182,71 @@ def measure_layer(node: Node, family: str, target) -> float:
     except LoweringError:
         raise
     except Exception as err:
-        raise LoweringError(
-            f"{node.op.value} node '{node.name}': kernel family '{family}' failed to compile "
-            f"for timing: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''};"
-            f" force another kernel for this layer in the recipe") from err
+        raise _layer_failure(node, family, _describe(err)) from err
     return time_executable(ex, [_codes(graph.inputs[0], np.random.default_rng(0))])
+
+
+# -- compiling on worker processes, timing here ------------------------------------------------
+def _compile_task(item) -> LowbitError | str | None:
+    """Worker task: build ``graph`` for ``target`` and export it to ``path``. Returns None, the
+    :class:`LowbitError` the build raised, or ``TypeName: message`` of any other failure
+    (returned, not raised: the caller raises it when it reaches that item, in its order)."""
+    from .build import build
+
+    graph, target, path = item
+    try:
+        build(graph, target).export_library(str(path))
+    except LowbitError as err:
+        return err
+    except Exception as err:  # noqa: BLE001 -- TVM / LLVM errors, whose types may not pickle
+        return _describe(err)
+    return None
+
+
+def compile_graphs(graphs, target, folder, jobs: int = 1, *, on_done=None) -> list:
+    """Compile each graph of ``graphs`` for ``target`` into ``folder/<i>.so`` on ``jobs``
+    worker processes (:func:`lowbit.compiler.parallel.pmap`; 1: here). Per graph, in order:
+    the library path, the :class:`LowbitError` its build raised, or ``TypeName: message`` of
+    another failure. ``on_done(i, result)`` is called here as each compile ends."""
+    from ..compiler.parallel import pmap
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = [(g, target, folder / f"{i}.so") for i, g in enumerate(graphs)]
+    results = pmap(_compile_task, items, jobs, on_done=on_done)
+    return [item[2] if result is None else result for item, result in zip(items, results)]
+
+
+def compile_layers(layers, target, folder, jobs: int = 1, *, on_done=None) -> list:
+    """:func:`compile_graphs` of the one-node graph (:func:`layer_graph`) of every ``(node,
+    family)`` of ``layers``: per layer the library path or the :class:`LoweringError` that
+    :func:`measure_layer` would raise for it."""
+    results = compile_graphs([layer_graph(node, family) for node, family in layers], target,
+                             folder, jobs, on_done=on_done)
+    out = []
+    for (node, family), result in zip(layers, results):
+        if isinstance(result, LowbitError) and not isinstance(result, LoweringError):
+            result = _describe(result)  # as measure_layer words it
+        if isinstance(result, str):
+            result = _layer_failure(node, family, result)
+        out.append(result)
+    return out
+
+
+def load_executable(path):
+    """The compiled module exported to ``path`` (what ``relax.VirtualMachine`` takes;
+    loading skips the LLVM JIT an in-memory executable costs at VM creation)."""
+    import tvm
+
+    return tvm.runtime.load_module(str(path))
+
+
+def time_layer(node: Node, compiled) -> float:
+    """Median µs of ``node`` on ``compiled`` (a library path from :func:`compile_layers`, or
+    an executable) with the inputs :func:`measure_layer` uses."""
+    if isinstance(compiled, (str, Path)):
+        compiled = load_executable(compiled)
+    return time_executable(compiled, [_codes(node.inputs[0], np.random.default_rng(0))])
 
 
 def time_executable(ex, inputs) -> float:

@@ -36,9 +36,13 @@ import numpy as np
 from ..ir import Graph
 from ..ir.errors import QuantizationError
 from .allocate import Budget, Plan, allocate, int8_candidates, parse_budget
+from .parallel import resolve_jobs
 
 #: bisection steps of the accuracy-aware search (each compiles and evaluates one plan)
 SEARCH_STEPS = 5
+#: the uniform plans are quantized on worker processes only when candidates x layers is at
+#: least this (quantizing costs ~30 ms per layer, a worker ~2-3 s to start)
+MIN_PARALLEL_QUANTIZED_LAYERS = 200
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,13 @@ class Planner:
     :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`); ``metric``: ``"sqnr"`` | ``"kl"`` | a
     callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency and
     sensitivity caches (default ``$XDG_CACHE_HOME/lowbit``; ``sensitivity_cache=False`` keeps
-    sensitivities in memory only); ``measure=False`` skips timing (no latency budgets)."""
+    sensitivities in memory only); ``measure=False`` skips timing (no latency budgets);
+    ``jobs``: worker processes for sensitivity, quantizing and compiling (None:
+    :func:`~lowbit.compiler.parallel.default_jobs`; 1: none), timings always run here."""
 
     def __init__(self, model, target="x86", calib=None, *, input_shapes=None,
                  candidates=None, metric="sqnr", cache_dir=None, measure: bool = True,
-                 sensitivity_cache: bool = True):
+                 sensitivity_cache: bool = True, jobs: int | None = None):
         from ..codegen.target import resolve_target
         from ..passes.analysis import DEFAULT_CANDIDATES
         from ..passes.calibrate import as_calibration_set
@@ -93,6 +99,7 @@ class Planner:
         self.cache_dir = cache_dir
         self.measure = measure
         self.sensitivity_cache = sensitivity_cache
+        self.jobs = resolve_jobs(jobs)
         self._compiled: dict[tuple[int, ...], tuple] = {}
 
     # -- measurements ------------------------------------------------------------------------
@@ -102,7 +109,8 @@ class Planner:
         from ..passes.analysis import layer_sensitivity
 
         return layer_sensitivity(self.graph, self.candidates, self.calib, metric=self.metric,
-                                 cache_dir=self.cache_dir, disk_cache=self.sensitivity_cache)
+                                 cache_dir=self.cache_dir, disk_cache=self.sensitivity_cache,
+                                 jobs=self.jobs)
 
     @cached_property
     def layer_names(self) -> tuple[str, ...]:
@@ -154,27 +162,36 @@ class Planner:
         return folder / "costs" / f"{h.hexdigest()[:32]}.json"
 
     def _measure_costs(self):
-        """``(uniform integer graph per candidate, LayerCosts)``."""
+        """``(uniform integer graph per candidate, LayerCosts)``. The uniform graphs are
+        quantized on ``self.jobs`` workers when there is enough work
+        (:data:`MIN_PARALLEL_QUANTIZED_LAYERS`), the kernels compiled on them
+        (:func:`~lowbit.codegen.latency.layer_costs`)."""
         from ..codegen.latency import layer_costs
         from ..passes.analysis.sensitivity import ProgressBar
+        from .parallel import pmap
         from .quantize import quantize
 
-        graphs = [quantize(self.graph, recipe=uniform_recipe(self.layer_names, c),
-                           calib=self.calib) for c in self.candidates]
+        recipes = [uniform_recipe(self.layer_names, c) for c in self.candidates]
+        if self.jobs > 1 and len(recipes) * len(self.layer_names) >= MIN_PARALLEL_QUANTIZED_LAYERS:
+            graphs = pmap(_quantize_task, recipes, self.jobs, initializer=_quantize_worker_init,
+                          initargs=(self.graph, self.calib))
+        else:
+            graphs = [quantize(self.graph, recipe=r, calib=self.calib) for r in recipes]
         total = len(graphs) * len(self.layer_names)
         with ProgressBar(total, f"kernel latency ({self.target.name})") as advance:
             return graphs, layer_costs(graphs, self.layer_names, self.target,
-                               kernels=[c.kernel for c in self.candidates],
-                               cache_dir=self.cache_dir, measure=self.measure,
-                               progress=advance)
+                                       kernels=[c.kernel for c in self.candidates],
+                                       cache_dir=self.cache_dir, measure=self.measure,
+                                       progress=advance, jobs=self.jobs)
 
     def _measure_remainders(self, graphs, costs) -> np.ndarray | None:
-        from ..codegen.latency import graph_ms, remainder_ms
+        from ..codegen.latency import graphs_ms, remainder_ms
 
         if not costs.measured:
             return None
         names = set(self.layer_names)
         out = np.full(len(self.candidates), np.nan)
+        timed, wholes = [], []
         for c, base in enumerate(graphs):
             if np.isnan(costs.ms[:, c]).any():
                 continue
@@ -182,7 +199,10 @@ class Planner:
             layers = {n.name: n for n in graph.nodes if n.name in names}
             for l, name in enumerate(self.layer_names):
                 layers[name].meta["kernel"] = costs.family[l][c]
-            whole = graph_ms(graph, self.target, cache_dir=self.cache_dir)
+            timed.append(c)
+            wholes.append(graph)
+        for c, whole in zip(timed, graphs_ms(wholes, self.target, cache_dir=self.cache_dir,
+                                             jobs=self.jobs)):
             out[c] = remainder_ms(whole, costs.ms[:, c])
         ref = (int8_candidates(self.table) or [0])[0]
         fallback = out[ref] if np.isfinite(out[ref]) else float(np.nanmean(out))
@@ -323,6 +343,21 @@ class Planner:
             else:
                 lo = mid
         return best, best_m
+
+
+_WORKER_FLOAT: dict = {}  # in a quantizing worker: the float graph and calibration set
+
+
+def _quantize_worker_init(graph: Graph, calib) -> None:
+    """Worker initializer: keep the float graph and calibration set for the tasks."""
+    _WORKER_FLOAT["graph"], _WORKER_FLOAT["calib"] = graph, calib
+
+
+def _quantize_task(recipe) -> Graph:
+    """Worker task: ``quantize(float graph, recipe)``."""
+    from .quantize import quantize
+
+    return quantize(_WORKER_FLOAT["graph"], recipe=recipe, calib=_WORKER_FLOAT["calib"])
 
 
 def _read_costs(path: Path, layers: int, candidates: int):

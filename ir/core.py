@@ -150,6 +150,14 @@ class Graph:
         self.meta: dict = {}
         self._counter = 0
 
+    def __reduce__(self):
+        """Pickle as the exact JSON form of :mod:`lowbit.ir.serialize` plus ``meta`` (the
+        value/node links are too deep for pickle's recursion; worker processes receive graphs
+        this way)."""
+        from .serialize import from_json, to_json
+
+        return from_json, (to_json(self, indent=None),), {"meta": dict(self.meta)}
+
     # -- names --------------------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
         """``base`` if unused by any value or node, else ``base_1``, ``base_2``..."""

@@ -19,8 +19,10 @@ The same run gives the layer's packed weight bytes for the candidate exactly as
 :func:`lowbit.compiler.quantize.weight_size` counts them (total packed minus the other, float,
 layers at 4 bytes per element). The kernel of a candidate does not change the fake-quant
 numerics, so candidates that differ only by kernel share one measurement. Results are cached in
-memory per (model, layer, formats, metric, calibration data); everything is deterministic
-(fixed-order batches, seeded codebook fitting). A rich progress bar shows on a terminal.
+memory per (model, layer, formats, metric, calibration data) and on disk; everything is
+deterministic (fixed-order batches, seeded codebook fitting and reconstruction), also when the
+layers are measured on worker processes (:mod:`lowbit.compiler.parallel`). A rich progress
+bar shows on a terminal.
 """
 
 from __future__ import annotations
@@ -243,7 +245,8 @@ def _single_layer_recipe(layer: str, candidate: Candidate):
 def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATES, calib=None,
                       input_shapes=None, metric: str | Callable = "sqnr",
                       base: str = "none", ptq_iters: int = PTQ_ITERS,
-                      cache_dir=None, disk_cache: bool = True) -> SensitivityTable:
+                      cache_dir=None, disk_cache: bool = True, jobs: int | None = None,
+                      share_reconstruction: bool = True) -> SensitivityTable:
     """Measure every (quantizable layer, candidate) pair of ``model`` (ONNX path / bytes /
     ModelProto or a lowbit Graph) on ``calib`` (as for :func:`lowbit.quantize`); the rule and
     the metrics are in the module docstring. ``base`` is what the other layers are during a
@@ -252,8 +255,18 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
     reconstruction of that one layer (0: plain rounding). With ``disk_cache`` (and a named
     metric) results also persist in ``sensitivity.json`` in ``cache_dir`` (default
     ``$XDG_CACHE_HOME/lowbit``), keyed by lowbit version, model and calibration digests, layer,
-    formats, metric and reconstruction steps."""
-    from ...compiler.quantize import _float_graph, weight_size
+    formats, metric and reconstruction steps.
+
+    ``share_reconstruction`` (default): a weight format is reconstructed once per layer,
+    against the layer's 8-bit activations, and its 4- and 2-bit-activation candidates reuse
+    those weights (with their own activation calibration) -- a third of the reconstructions;
+    a compiled plan still reconstructs each layer against its own activation format.
+    ``jobs``: worker processes (default :func:`lowbit.compiler.parallel.default_jobs`); layers
+    are measured on workers when there are at least :data:`MIN_PARALLEL_MEASUREMENTS`
+    reconstructing measurements to make and ``metric`` pickles. Results do not depend on
+    ``jobs``."""
+    from ...compiler.parallel import pmap, reaches_workers, resolve_jobs
+    from ...compiler.quantize import _float_graph
     from ...passes.calibrate import as_calibration_set
 
     if base != "none":
@@ -277,46 +290,123 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
             "the model has no quantizable layer (Conv / ConvTranspose / MatMul with a constant "
             "weight); there is nothing to allocate")
     infos = tuple(LayerInfo(n.name, n.op.value, int(n.inputs[1].numel)) for n in layers)
-    total_fp32 = sum(i.fp32_bytes for i in infos)
     calib_set = as_calibration_set(graph, calib)
-    feeds = list(calib_set)
     model_key = _digest_graph(graph)
     calib_key = _digest_calib(calib_set)
     # the callable itself (not its id, which a later function could reuse) keys the cache
     metric_key = metric
-    prefix: _FloatPrefix | None = None
-
     disk = _disk_cache(cache_dir) if disk_cache and isinstance(metric, str) else None
+
+    def key_of(li: int, ci: int) -> tuple:
+        iters = ptq_iters if candidates[ci].reconstructs else 0
+        ptq = f"{iters}+shared" if iters and share_reconstruction else iters
+        return (model_key, infos[li].name, candidates[ci].numerics, metric_key, calib_key, ptq)
+
+    # (layer, weight format) -> candidates still to measure: one task, so that a shared
+    # reconstruction is made once; the costliest tasks (reconstructing, big layers) go first
+    pending: dict[tuple[int, WeightSpec], list[int]] = {}
+    for li in range(len(infos)):
+        for ci in range(len(candidates)):
+            key = key_of(li, ci)
+            if key not in _CACHE and disk is not None:
+                stored = _disk_get(disk, key)
+                if stored is not None:
+                    _CACHE[key] = stored
+            if key not in _CACHE:
+                pending.setdefault((li, candidates[ci].weights), []).append(ci)
+    tasks = sorted(((li, cis) for (li, _), cis in pending.items()),
+                   key=lambda task: (not candidates[task[1][0]].reconstructs,
+                                     -infos[task[0]].params, task[0], task[1]))
+    workers = resolve_jobs(jobs)
+    if workers > 1 and not reaches_workers(metric):
+        workers = 1  # a lambda, a local function or one from __main__ cannot reach a worker
+    n_slow = sum(candidates[ci].reconstructs for _, cis in tasks for ci in cis) if ptq_iters \
+        else 0
+    if n_slow < MIN_PARALLEL_MEASUREMENTS:
+        workers = 1  # starting workers (imports) costs more than it saves
+    last_save = [time.monotonic()]
+    n_cached = len(infos) * len(candidates) - sum(len(cis) for _, cis in tasks)
+    with ProgressBar(len(infos) * len(candidates)) as advance, _saved(disk):
+        for _ in range(n_cached):
+            advance()
+
+        def done(index: int, results: list[tuple[float, int]]) -> None:
+            li, cis = tasks[index]
+            for ci, result in zip(cis, results):
+                _CACHE[key_of(li, ci)] = result
+                if disk is not None:
+                    _disk_put(disk, key_of(li, ci), result)
+                advance()
+            if disk is not None and time.monotonic() - last_save[0] > SAVE_EVERY_S:
+                disk.save()  # an interrupted run keeps most of its work
+                last_save[0] = time.monotonic()
+
+        pmap(_measure_task, [(infos[li], tuple(cis)) for li, cis in tasks], workers,
+             initializer=_start_measurer,
+             initargs=(graph, calib_set, candidates, metric, ptq_iters, share_reconstruction),
+             on_done=done)
 
     sens = np.zeros((len(infos), len(candidates)))
     nbytes = np.zeros((len(infos), len(candidates)))
-    last_save = time.monotonic()
-    with ProgressBar(len(infos) * len(candidates)) as advance, _saved(disk):
-        for li, info in enumerate(infos):
-            for ci, cand in enumerate(candidates):
-                iters = ptq_iters if cand.reconstructs else 0
-                key = (model_key, info.name, cand.numerics, metric_key, calib_key, iters)
-                if key not in _CACHE and disk is not None:
-                    stored = _disk_get(disk, key)
-                    if stored is not None:
-                        _CACHE[key] = stored
-                if key not in _CACHE:
-                    if prefix is None:
-                        prefix = _FloatPrefix(graph, feeds)
-                    qgraph = prefix.quantize_one(info.name, cand, calib_set, iters)
-                    quant_outs = prefix.run(qgraph)
-                    layer_bytes = weight_size(qgraph).packed - (total_fp32 - info.fp32_bytes)
-                    _CACHE[key] = (_damage(metric, prefix.outputs, quant_outs),
-                                   int(layer_bytes))
-                    if disk is not None:
-                        _disk_put(disk, key, _CACHE[key])
-                        if time.monotonic() - last_save > SAVE_EVERY_S:
-                            disk.save()  # an interrupted run keeps most of its work
-                            last_save = time.monotonic()
-                sens[li, ci], nbytes[li, ci] = _CACHE[key]
-                advance()
+    for li in range(len(infos)):
+        for ci in range(len(candidates)):
+            sens[li, ci], nbytes[li, ci] = _CACHE[key_of(li, ci)]
     metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
     return SensitivityTable(infos, candidates, sens, nbytes, metric_name)
+
+
+#: fewer reconstructing measurements than this are made in this process (no workers)
+MIN_PARALLEL_MEASUREMENTS = 12
+
+
+class _Measurer:
+    """Measures (layer, candidates) tasks of one model on one calibration set: the float
+    prefix is computed once (on first use), then each candidate's one-layer fake-quant graph
+    is calibrated, reconstructed and run from the quantized layer on."""
+
+    def __init__(self, graph: Graph, calib_set, candidates, metric, ptq_iters: int,
+                 share_reconstruction: bool):
+        self.graph, self.calib_set = graph, calib_set
+        self.candidates, self.metric, self.ptq_iters = candidates, metric, ptq_iters
+        self.share = share_reconstruction
+        self.total_fp32 = sum(4 * int(n.inputs[1].numel) for n in quantizable_layers(graph))
+        self._prefix: _FloatPrefix | None = None
+
+    @property
+    def prefix(self) -> _FloatPrefix:
+        if self._prefix is None:
+            self._prefix = _FloatPrefix(self.graph, list(self.calib_set))
+        return self._prefix
+
+    def measure(self, info: LayerInfo, cis: Sequence[int]) -> list[tuple[float, int]]:
+        """``[(damage, layer bytes)]`` of layer ``info`` at each candidate index of ``cis``."""
+        from ...compiler.quantize import weight_size
+
+        prefix, out, shared = self.prefix, [], {}
+        for ci in cis:
+            cand = self.candidates[ci]
+            iters = self.ptq_iters if cand.reconstructs else 0
+            qgraph = prefix.quantize_one(info.name, cand, self.calib_set, iters,
+                                         shared if self.share else None)
+            quant_outs = prefix.run(qgraph)
+            layer_bytes = weight_size(qgraph).packed - (self.total_fp32 - info.fp32_bytes)
+            out.append((_damage(self.metric, prefix.outputs, quant_outs), int(layer_bytes)))
+        return out
+
+
+_MEASURER: _Measurer | None = None
+
+
+def _start_measurer(*args) -> None:
+    """Pool initializer (and the in-process start): this process's :class:`_Measurer`."""
+    global _MEASURER
+    _MEASURER = _Measurer(*args)
+
+
+def _measure_task(task: tuple[LayerInfo, tuple[int, ...]]) -> list[tuple[float, int]]:
+    info, cis = task
+    assert _MEASURER is not None, "the measurer is started by pmap's initializer"
+    return _MEASURER.measure(info, cis)
 
 
 #: the sensitivity file is rewritten at most this often during a run (and once at its end)
@@ -402,9 +492,27 @@ class _FloatPrefix:
         self._tainted: set[str] = set()
 
     def quantize_one(self, layer: str, candidate: Candidate, calib_set,
-                     iters: int = 0) -> Graph:
+                     iters: int = 0, shared: dict | None = None) -> Graph:
         """The calibrated fake-quant graph with only ``layer`` at ``candidate``, its weights
-        reconstructed for ``iters`` steps when ``iters > 0``."""
+        reconstructed for ``iters`` steps when ``iters > 0``. With a ``shared`` dict (one per
+        layer), the reconstruction is made once per weight format, against 8-bit activations,
+        and reused by that format's lower-bit-activation candidates (see
+        :func:`layer_sensitivity`)."""
+        if iters > 0 and shared is not None:
+            source = replace(candidate, activations=ActSpec(8, candidate.activations.signed))
+            key = (candidate.weights, candidate.activations.signed)
+            if key not in shared:
+                done = self._quantize_one(layer, source, calib_set, iters)
+                shared[key] = _layer_weights(done, layer)
+                if source.numerics == candidate.numerics:
+                    return done
+            if source.numerics != candidate.numerics:
+                qgraph = self._quantize_one(layer, candidate, calib_set, 0)
+                _set_layer_weights(qgraph, layer, shared[key])
+                return qgraph
+        return self._quantize_one(layer, candidate, calib_set, iters)
+
+    def _quantize_one(self, layer: str, candidate: Candidate, calib_set, iters: int) -> Graph:
         from ...compiler.quantize import quantize
         from ...passes.calibrate import calibrate_node, is_calibrated
         from ...passes.insert_fake_quant import InsertFakeQuant
@@ -445,6 +553,33 @@ class _FloatPrefix:
             return [FakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
         return [FakeQuantInterpreter(qgraph).run(feed, initial_env=env)
                 for env, feed in zip(self._envs(), self.feeds)]
+
+
+def _layer_weights(qgraph: Graph, layer: str):
+    """``(weight array, weight QType, bias or None, meta)`` of ``layer``'s weight FakeQuant
+    in a fake-quant graph (what reconstruction wrote)."""
+    from ...passes.insert_fake_quant import quantized_layers
+
+    (ql,) = [q for q in quantized_layers(qgraph) if q.node.name == layer]
+    fq = ql.weight_fq
+    return np.array(ql.weight.const), fq.attrs, ql.bias, fq.meta.get("ptq")
+
+
+def _set_layer_weights(qgraph: Graph, layer: str, weights) -> None:
+    """Give ``layer`` of ``qgraph`` the weights, weight QType and bias of :func:`_layer_weights`
+    (as the reconstruct pass writes them)."""
+    from ...passes.insert_fake_quant import quantized_layers
+
+    array, attrs, bias, meta = weights
+    (ql,) = [q for q in quantized_layers(qgraph) if q.node.name == layer]
+    fq = ql.weight_fq
+    fq.set_input(0, qgraph.add_const(array.astype(ql.weight.dtype.numpy), ql.weight.name))
+    fq.attrs = attrs
+    if bias is not None and ql.bias_site is not None:
+        ql.set_bias(qgraph, bias)
+    if meta is not None:
+        fq.meta["ptq"] = f"{meta} (shared from 8-bit activations)"
+    qgraph.forget_unused_constants()
 
 
 def _downstream(nodes: list[Node]) -> set[str]:

@@ -309,7 +309,12 @@ class _Layer:
 
 
 class _QuadraticObjective:
-    """Activation-free output MSE as a quadratic form in ``(ΔW, Δb)`` (module docstring)."""
+    """Activation-free output MSE as a quadratic form in ``(ΔW, Δb)`` (module docstring).
+
+    :meth:`exact` evaluates it in float64 with ``H``. The training :meth:`loss` runs in
+    float32 on the cheaper of two equal forms: ``Δwᵀ H Δw`` (``K²`` per output channel) or,
+    when there are fewer rows ``M`` than columns ``K``, ``|R Δw|² / M`` with the stored rows
+    ``R`` (``H = RᵀR / M``; ``M·K`` per output channel)."""
 
     def __init__(self, layer: _Layer, x: np.ndarray, w_ref: torch.Tensor, b_ref: torch.Tensor):
         self.layer = layer
@@ -317,29 +322,48 @@ class _QuadraticObjective:
         second = torch.zeros(g, k, k, dtype=torch.float64)
         total = torch.zeros(g, k, dtype=torch.float64)
         count = 0
+        kept = []
         for rows in layer.row_chunks(x):
             rows64 = rows.to(torch.float64)
             second += torch.einsum("mgk,mgl->gkl", rows64, rows64)
             total += rows64.sum(dim=0)
             count += rows.shape[0]
+            if count < k:
+                kept.append(rows)
         self.second = second / count
         self.mean = total / count
         self.w_ref = layer.grouped(w_ref)
         self.b_ref = b_ref.reshape(g, -1)
+        # float32 copies for the training steps: (G, M, K) rows / sqrt(M), or H
+        self._rows32 = None
+        if count < k:
+            rows = torch.cat(kept).to(torch.float64) / math.sqrt(count)
+            self._rows32 = rows.permute(1, 0, 2).contiguous().float()
+        self._second32 = self.second.float() if self._rows32 is None else None
+        self._mean32, self._w_ref32 = self.mean.float(), self.w_ref.float()
+        self._b_ref32 = self.b_ref.float()
 
     def importance(self, shape) -> torch.Tensor:
         return _broadcast_columns(self.layer, torch.diagonal(self.second, dim1=1, dim2=2), shape)
 
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
-        dw = self.layer.grouped(w.to(torch.float64)) - self.w_ref
-        db = b.to(torch.float64).reshape(self.b_ref.shape) - self.b_ref
-        quad = (torch.matmul(dw, self.second) * dw).sum(dim=2)
-        cross = 2.0 * db * torch.einsum("gok,gk->go", dw, self.mean)
+        """The training loss (float32, see the class docstring)."""
+        dw = self.layer.grouped(w.float()) - self._w_ref32
+        db = b.float().reshape(self._b_ref32.shape) - self._b_ref32
+        if self._rows32 is not None:  # (G, M, K) @ (G, K, O) -> (G, M, O)
+            quad = (torch.matmul(self._rows32, dw.transpose(1, 2)) ** 2).sum(dim=1)
+        else:
+            quad = (torch.matmul(dw, self._second32) * dw).sum(dim=2)
+        cross = 2.0 * db * torch.einsum("gok,gk->go", dw, self._mean32)
         return (quad + cross + db * db).mean()
 
     def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():
-            return max(0.0, float(self.loss(w, b, 0)))
+            dw = self.layer.grouped(w.to(torch.float64)) - self.w_ref
+            db = b.to(torch.float64).reshape(self.b_ref.shape) - self.b_ref
+            quad = (torch.matmul(dw, self.second) * dw).sum(dim=2)
+            cross = 2.0 * db * torch.einsum("gok,gk->go", dw, self.mean)
+            return max(0.0, float((quad + cross + db * db).mean()))
 
 
 class _RowObjective:

@@ -232,3 +232,41 @@ def test_cli_inspect_auto_prints_ir_and_plan(capsys, tmp_path, cache, planner, m
     # inspect without --quant auto refuses the auto options
     code = main(["inspect", MODEL, "--budget", "bits=5"])
     _one_line(capsys, code, "--budget applies to --quant auto")
+
+
+# -- worker processes (jobs) -------------------------------------------------------------------
+def test_uniform_graphs_quantized_on_workers_are_identical(monkeypatch):
+    """_measure_costs quantizes the uniform plans of every default candidate on 2 workers
+    (forced) into the graphs this process makes: same text, constants and graph.meta."""
+    from lowbit.codegen import latency
+    from lowbit.compiler import planner as planner_module
+    from lowbit.ir.printer import format_graph
+    from lowbit.passes.analysis import quantizable_layers
+
+    monkeypatch.setattr(latency, "layer_costs", lambda *args, **kwargs: None)  # no timing
+    monkeypatch.setattr(planner_module, "MIN_PARALLEL_QUANTIZED_LAYERS", 1)
+    graphs = {}
+    for jobs in (1, 2):
+        p = Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, jobs=jobs)
+        p.__dict__["layer_names"] = tuple(n.name for n in quantizable_layers(p.graph))
+        graphs[jobs], _ = p._measure_costs()
+    assert len(graphs[1]) == len(graphs[2]) == len(p.candidates) > 4
+    for here, there in zip(graphs[1], graphs[2]):
+        assert format_graph(here) == format_graph(there)
+        consts = [{k: v.const for k, v in g.values.items() if v.is_const} for g in (here, there)]
+        assert consts[0].keys() == consts[1].keys()
+        for name, array in consts[0].items():
+            assert array.dtype == consts[1][name].dtype
+            np.testing.assert_array_equal(array, consts[1][name])
+        assert here.meta["quant"] == there.meta["quant"]
+        assert latency.graph_digest(here) == latency.graph_digest(there)
+
+
+def test_jobs_is_checked_and_defaults_to_the_cpus(monkeypatch):
+    from lowbit.ir.errors import LowbitError
+
+    monkeypatch.setenv("LOWBIT_JOBS", "3")
+    assert Planner(MODEL, "x86", _calib(), input_shapes=SHAPES).jobs == 3
+    assert Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, jobs=1).jobs == 1
+    with pytest.raises(LowbitError, match="jobs=0"):
+        Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, jobs=0)

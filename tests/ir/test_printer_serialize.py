@@ -81,3 +81,25 @@ def test_json_round_trip_fake_quant_attrs():
     g2 = from_json(to_json(g))
     assert g2.nodes[0].attrs == g.nodes[0].attrs
     assert str(g2) == str(g)
+
+
+def test_graph_pickles_through_its_json_form():
+    """Graphs go to worker processes by pickle: deep chains must not hit the recursion limit,
+    and the text, constants, node meta and graph meta survive."""
+    import pickle
+
+    from lowbit.ir.printer import format_graph
+
+    g = Graph("deep")
+    x = g.add_input("x", FLOAT32, (1, 4))
+    w = g.add_const(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
+    for _ in range(3000):  # far deeper than pickle's recursion through Value/Node links
+        x = g.make(Op.MATMUL, x, w)
+    g.outputs = [x]
+    g.nodes[5].meta["kernel"] = "int8"
+    g.meta["quant"] = "w4a8"
+    back = pickle.loads(pickle.dumps(g))
+    assert format_graph(back) == format_graph(g)
+    np.testing.assert_array_equal(back.values["w"].const, w.const)
+    assert back.nodes[5].meta["kernel"] == "int8"
+    assert back.meta["quant"] == "w4a8"

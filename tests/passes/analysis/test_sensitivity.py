@@ -147,3 +147,74 @@ def test_errors():
         layer_sensitivity(MODEL, CANDS, None, SHAPES)
     with pytest.raises(QuantizationError, match="unique"):
         layer_sensitivity(MODEL, CANDS + CANDS[:1], CALIB, SHAPES)
+
+
+@pytest.fixture
+def pmap_jobs(monkeypatch):
+    """The ``jobs`` of every pmap call layer_sensitivity makes (and no minimum workload)."""
+    from lowbit.compiler import parallel
+
+    real, calls = parallel.pmap, []
+
+    def spy(fn, items, jobs=1, **kwargs):
+        calls.append(jobs)
+        return real(fn, items, jobs, **kwargs)
+
+    monkeypatch.setattr(parallel, "pmap", spy)
+    monkeypatch.setattr(sensitivity_module, "MIN_PARALLEL_MEASUREMENTS", 0)
+    return calls
+
+
+def test_workers_give_the_same_table(table, pmap_jobs):
+    """Layers measured on two worker processes: the same numbers, bit for bit."""
+    clear_cache()
+    par = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False, jobs=2)
+    assert pmap_jobs == [2]
+    np.testing.assert_array_equal(par.sensitivity, table.sensitivity)
+    np.testing.assert_array_equal(par.weight_bytes, table.weight_bytes)
+
+
+def test_a_metric_that_cannot_reach_workers_is_measured_here(pmap_jobs):
+    def metric(f, q):  # a local function does not pickle
+        return float(np.mean((f - q) ** 2))
+
+    clear_cache()
+    layer_sensitivity(MODEL, CANDS[2:3], CALIB, SHAPES, metric=metric, jobs=2)
+    assert pmap_jobs == [1]
+
+
+def test_lower_bit_activations_reuse_the_8_bit_reconstruction():
+    """With sharing, w2a4 gets w2a8's reconstructed weights and bias; without, its own."""
+    from lowbit.compiler.quantize import _float_graph
+    from lowbit.passes.calibrate import as_calibration_set
+    from lowbit.passes.insert_fake_quant import quantized_layers
+
+    graph = _float_graph(MODEL, SHAPES)
+    calib = as_calibration_set(graph, CALIB)
+    prefix = sensitivity_module._FloatPrefix(graph, list(calib))
+    layer = sensitivity_module.quantizable_layers(graph)[1].name
+    w2a4 = Candidate("w2a4", WeightSpec("uniform", 2), ActSpec(4))
+
+    def weights(g):
+        (ql,) = [q for q in quantized_layers(g) if q.node.name == layer]
+        return np.array(ql.weight.const), ql.weight_fq.attrs.qtype, ql.bias
+
+    shared = {}
+    a8 = weights(prefix.quantize_one(layer, CANDS[2], calib, PTQ_ITERS, shared))
+    a4 = weights(prefix.quantize_one(layer, w2a4, calib, PTQ_ITERS, shared))
+    own = weights(prefix.quantize_one(layer, w2a4, calib, PTQ_ITERS))
+    np.testing.assert_array_equal(a4[0], a8[0])
+    assert a4[1] == a8[1]
+    assert not np.array_equal(own[0], a8[0])
+    assert len(shared) == 1
+
+
+def test_sharing_is_part_of_the_cache_key():
+    w2a4 = Candidate("w2a4", WeightSpec("uniform", 2), ActSpec(4))
+    cands = (CANDS[2], w2a4)
+    clear_cache()
+    on = layer_sensitivity(MODEL, cands, CALIB, SHAPES, disk_cache=False)
+    off = layer_sensitivity(MODEL, cands, CALIB, SHAPES, disk_cache=False,
+                            share_reconstruction=False)
+    np.testing.assert_array_equal(on.sensitivity[:, 0], off.sensitivity[:, 0])
+    assert not np.array_equal(on.sensitivity[:, 1], off.sensitivity[:, 1])
