@@ -65,21 +65,22 @@ def quantize(model_or_graph, quant="w4a8", calib=None, recipe=None, calibration=
 
 def compile(model, target="x86", quant="w4a8", calib=None, recipe=None,
             input_shapes=None, *, threads=None, dump_ir=None, budget=None, max_drop=None,
-            eval=None):
+            eval=None, jobs=None):
     """Quantize (unless ``quant == "none"``), lower and compile an ONNX model for ``target``;
     returns an :class:`~lowbit.runtime.artifact.Artifact` (``.save(path)``, then
     ``lowbit.Session(path)``). ``quant="auto"`` picks each layer's format, bits and kernel
     under ``budget`` (``"size=0.25,latency=0.6x"`` or ``{"size": 0.25}``), or the fastest plan
-    within ``max_drop`` points on labelled ``eval`` data. See
+    within ``max_drop`` points on labelled ``eval`` data; ``jobs``: worker processes for the
+    planning (default ``$LOWBIT_JOBS`` or one per CPU). See
     :func:`lowbit.compiler.driver.compile_model`."""
     from .compiler.driver import compile as _impl
 
     return _impl(model, target, quant, calib, recipe, input_shapes, threads=threads,
-                 dump_ir=dump_ir, budget=budget, max_drop=max_drop, eval=eval)
+                 dump_ir=dump_ir, budget=budget, max_drop=max_drop, eval=eval, jobs=jobs)
 
 
 def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,
-         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None):
+         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None, jobs=None):
     """The ``--quant auto`` plan of ``model`` for ``target``: per-layer sensitivity on
     ``calib``, kernel latencies measured on ``target``, an ILP under ``budget`` (CLI string or
     dict), or with ``max_drop`` + ``eval`` the fastest measured plan within the drop. Returns a
@@ -88,7 +89,7 @@ def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None,
     from .compiler.planner import plan as _impl
 
     return _impl(model, target, calib, budget, max_drop, eval, input_shapes=input_shapes,
-                 candidates=candidates, metric=metric, cache_dir=cache_dir)
+                 candidates=candidates, metric=metric, cache_dir=cache_dir, jobs=jobs)
 
 
 def __getattr__(name):

@@ -126,7 +126,7 @@ def _inspect_quantized(args, shapes) -> int:
         from .planner import format_plan
 
         plan = _plan(args.model, args.target, args.calib, shapes or None, args.budget,
-                     max_drop, args.eval)
+                     max_drop, args.eval, jobs=args.jobs)
         recipe = plan.to_recipe()
     graph = quantize(args.model, quant=args.quant or "w4a8", calib=args.calib,
                      recipe=recipe, calibration=args.calibration or "minmax",
@@ -191,7 +191,8 @@ def _cmd_compile(args) -> int:
     try:
         result = compile_model(args.model, args.target, args.quant, args.calib, args.recipe,
                                shapes, threads=args.threads, dump_ir=args.dump_ir, log=log,
-                               budget=args.budget, max_drop=max_drop, eval=args.eval)
+                               budget=args.budget, max_drop=max_drop, eval=args.eval,
+                               jobs=args.jobs)
         with log.stage("save", str(out)):
             result.artifact.save(out)
             if save_plan is not None:
@@ -498,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder for pareto.md, pareto.json, pareto_latency.png, pareto_size.png")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress or table")
+    _add_jobs_option(p)
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("ops", help="list the supported ONNX ops and schema versions")
@@ -517,6 +519,24 @@ def _add_auto_options(p) -> None:
                    help="labelled eval data for --max-drop: the model inputs plus 'labels'")
     p.add_argument("--save-plan", metavar="PLAN.toml",
                    help="write the --quant auto plan as a recipe (reuse with --recipe)")
+    _add_jobs_option(p)
+
+
+def _add_jobs_option(p) -> None:
+    p.add_argument("-j", "--jobs", type=_jobs, metavar="N",
+                   help="worker processes for --quant auto planning (sensitivity, kernel "
+                        "compiles; timings stay serial). Default: $LOWBIT_JOBS or one per CPU")
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes >= 1 "
+                                         f"(1: no workers)")
+    return value
 
 
 def _cmd_tune(args) -> int:
@@ -533,7 +553,7 @@ def _cmd_tune(args) -> int:
     if out.exists() and not out.is_dir():
         raise _CliError(f"-o {args.output!r} is a file; give a folder for the Pareto report")
     presets = tuple(p for p in args.presets.split(",") if p) if args.presets else None
-    planner = Planner(args.model, args.target, args.calib, input_shapes=shapes)
+    planner = Planner(args.model, args.target, args.calib, input_shapes=shapes, jobs=args.jobs)
     log = None if args.quiet else _table_console().log
     report = tune(planner, args.eval, points=args.points,
                   **({} if presets is None else {"presets": presets}), log=log)

@@ -274,7 +274,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                   dump_ir: str | os.PathLike | None = None,
                   log: StageLog | None = None, budget=None, max_drop: float | None = None,
                   eval=None, planner=None, auto_plan=None,
-                  kernel_cache=None) -> CompileResult:
+                  kernel_cache=None, jobs: int | None = None) -> CompileResult:
     """Run the stages plan .. compile (module docstring) and return a :class:`CompileResult`.
 
     ``model``: ONNX path / bytes / ModelProto. ``threads`` sizes TVM's thread pool of this
@@ -286,7 +286,8 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     an existing :class:`~lowbit.compiler.planner.Planner` and its measurements;
     ``auto_plan`` compiles an already chosen :class:`~lowbit.compiler.allocate.Plan`).
     ``kernel_cache``: folder of the kernel measurement cache (default
-    ``$XDG_CACHE_HOME/lowbit``)."""
+    ``$XDG_CACHE_HOME/lowbit``). ``jobs``: worker processes of the planning (default
+    ``$LOWBIT_JOBS`` or one per CPU; :mod:`lowbit.compiler.parallel`)."""
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
     from .quantize import quantize
@@ -303,7 +304,8 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     chosen = auto_plan
     if quant == AUTO:
         with log.stage(PLAN_STAGE, str(budget or f"max-drop {max_drop}")):
-            chosen = _plan(model, tgt, calib, input_shapes, budget, max_drop, eval, planner)
+            chosen = _plan(model, tgt, calib, input_shapes, budget, max_drop, eval, planner,
+                           jobs)
         recipe = chosen.to_recipe()
     with log.stage("import"):
         graph = import_onnx(model, input_shapes=input_shapes)
@@ -335,12 +337,13 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]), chosen)
 
 
-def _plan(model, target, calib, input_shapes, budget, max_drop, eval, planner=None):
+def _plan(model, target, calib, input_shapes, budget, max_drop, eval, planner=None,
+          jobs=None):
     """The ``--quant auto`` plan (:func:`lowbit.compiler.planner.plan`)."""
     from .planner import Planner
 
     if planner is None:
-        planner = Planner(model, target, calib, input_shapes=input_shapes)
+        planner = Planner(model, target, calib, input_shapes=input_shapes, jobs=jobs)
     if max_drop is None:
         return planner.allocate(budget)
     return planner.search(eval, max_drop, budget)[0]
@@ -404,16 +407,30 @@ def _first_error_line(exc: BaseException) -> str:
 def compile(model, target="x86", quant: str = "w4a8", calib=None, recipe=None,
             input_shapes=None, *, threads: int | None = None,
             dump_ir: str | os.PathLike | None = None, budget=None,
-            max_drop: float | None = None, eval=None) -> Artifact:
+            max_drop: float | None = None, eval=None, jobs: int | None = None) -> Artifact:
     """Quantize (unless ``quant == "none"``), lower and compile ``model`` for ``target``;
     returns the :class:`Artifact` (``.save(path)`` it, run it with ``lowbit.Session``).
     ``quant="auto"`` plans per layer under ``budget`` / ``max_drop`` + ``eval``. Arguments:
     see :func:`compile_model` and :func:`lowbit.quantize`."""
     return compile_model(model, target, quant, calib, recipe, input_shapes, threads=threads,
                          dump_ir=dump_ir, budget=budget, max_drop=max_drop,
-                         eval=eval).artifact
+                         eval=eval, jobs=jobs).artifact
 
 
-__all__ = ["AUTO", "PLAN_STAGE", "STAGES", "CompileResult", "check_auto", "PlainStageLog", "RichStageLog", "StageLog",
-           "check_request", "compile", "compile_model", "plan_rows", "stage_log_for",
-           "target_spec", "tensor_specs"]
+__all__ = [
+    "AUTO",
+    "PLAN_STAGE",
+    "STAGES",
+    "CompileResult",
+    "PlainStageLog",
+    "RichStageLog",
+    "StageLog",
+    "check_auto",
+    "check_request",
+    "compile",
+    "compile_model",
+    "plan_rows",
+    "stage_log_for",
+    "target_spec",
+    "tensor_specs",
+]

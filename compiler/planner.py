@@ -394,7 +394,8 @@ def _write_costs(path: Path, costs, remainders) -> None:
 
 
 def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None, *,
-         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None) -> Plan:
+         input_shapes=None, candidates=None, metric="sqnr", cache_dir=None,
+         jobs=None) -> Plan:
     """One call: a :class:`~lowbit.compiler.allocate.Plan` for ``model`` on ``target``.
     ``budget``: ``"size=0.25,latency=0.6x"`` / dict / None; with ``max_drop`` and ``eval`` (a
     labelled ``.npz``) the accuracy-aware search (:meth:`Planner.search`). ``plan.save(path)``
@@ -404,7 +405,7 @@ def plan(model, target="x86", calib=None, budget=None, max_drop=None, eval=None,
             "max_drop and eval go together: the accuracy-aware mode measures top-1 on eval "
             "(CLI: --max-drop PTS --eval FILE.npz)")
     planner = Planner(model, target, calib, input_shapes=input_shapes, candidates=candidates,
-                      metric=metric, cache_dir=cache_dir)
+                      metric=metric, cache_dir=cache_dir, jobs=jobs)
     if max_drop is None:
         return planner.allocate(budget)
     return planner.search(eval, max_drop, budget)[0]

@@ -6,8 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from lowbit.compiler.parallel import WORKER_ENV, default_jobs, pmap, reaches_workers, \
-    resolve_jobs
+from lowbit.compiler.parallel import WORKER_ENV, default_jobs, pmap, reaches_workers, resolve_jobs
 from lowbit.ir.errors import LowbitError
 
 

@@ -178,6 +178,16 @@ def test_cli_auto_errors_are_one_line(capsys, tmp_path, extra, pattern):
     assert not (tmp_path / "out.lbx").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_cli_jobs_must_be_a_positive_count(capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compile", MODEL, "--quant", "auto", "--budget", "size=0.2", "-o", "x.lbx",
+              "--jobs", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "-j/--jobs" in err and "processes >= 1" in err
+
+
 def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cache, planner,
                                                           monkeypatch):
     from lowbit.passes import analysis
@@ -194,7 +204,7 @@ def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cach
     out, plan = tmp_path / "auto.lbx", tmp_path / "plan.toml"
     code = main(["compile", MODEL, "--target", "x86", "--quant", "auto", "--budget",
                  "size=0.25", "--calib", str(calib), "--input-shape", "input=30,1,8,8",
-                 "--save-plan", str(plan), "-o", str(out)])
+                 "--save-plan", str(plan), "-o", str(out), "--jobs", "1"])
     err = capsys.readouterr().err
     assert code == 0, err
     assert out.is_file() and plan.is_file()
