@@ -373,7 +373,7 @@ def _compile(mod, target, threads: int | None) -> bytes:
 
     from ..codegen.build import relax_pipeline
     from ..ir.errors import LoweringError
-    from ..runtime.artifact import export_payload
+    from ..runtime.artifact import CROSS_LINKERS, export_payload
 
     if threads is not None:
         from ..codegen.kernels.bitserial import set_num_threads
@@ -385,13 +385,14 @@ def _compile(mod, target, threads: int | None) -> bytes:
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM's errors derive from these
         raise LoweringError(f"TVM failed to compile for target {target.name!r}: "
                             f"{_first_error_line(exc)}") from exc
-    try:
-        return export_payload(executable)
-    except (RuntimeError, OSError) as exc:  # the system linker (g++ -shared) failed
-        spec = target_spec(target)
-        hint = ("; a cross-target library needs a cross linker, which lowbit does not "
-                "configure yet: compile on a host of that architecture"
-                if spec.arch != host_arch() else "; check that g++ is installed")
+    spec = target_spec(target)
+    try:  # a missing cross linker is already a one-line LoweringError from export_payload
+        return export_payload(executable, spec)
+    except (RuntimeError, OSError) as exc:  # the (cross) linker (g++ -shared) failed
+        cross = spec.arch not in (host_arch(), "cuda")
+        hint = (f"; check that the cross linker ({' / '.join(CROSS_LINKERS[spec.arch])}) "
+                f"works, or compile on an {spec.arch} host" if cross
+                else "; check that g++ is installed")
         raise LoweringError(f"linking the compiled library for target {target.name!r} failed: "
                             f"{_first_error_line(exc)}{hint}") from exc
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ir.errors import ArtifactError
+from ..ir.errors import ArtifactError, LoweringError
 
 MAGIC = b"\x89LBX\r\n\x1a\n"
 FORMAT_VERSION = 1
@@ -276,12 +277,43 @@ class Artifact:
         return path
 
 
-def export_payload(executable) -> bytes:
+#: the linkers for each cross architecture, in order of preference: the C++ driver (as TVM's
+#: default ``g++``), else the C one (enough: the payload needs no libstdc++), searched on PATH
+CROSS_LINKERS = {"aarch64": ("aarch64-linux-gnu-g++", "aarch64-linux-gnu-gcc"),
+                 "x86_64": ("x86_64-linux-gnu-g++", "x86_64-linux-gnu-gcc")}
+#: how to get each cross linker (the Debian / Ubuntu package)
+_CROSS_PACKAGES = {"aarch64": "g++-aarch64-linux-gnu", "x86_64": "g++-x86-64-linux-gnu"}
+
+
+def cross_linker(target: TargetSpec) -> str | None:
+    """The linker for ``target``'s payload: ``None`` (TVM's default, the host ``g++``) when
+    the code runs on this host's architecture (``cuda`` host code included), else the full path
+    of the first of :data:`CROSS_LINKERS` ``[arch]`` found on ``PATH``. Raises
+    :class:`~lowbit.ir.errors.LoweringError` when none is installed."""
+    if target.arch in (host_arch(), "cuda"):
+        return None
+    names = CROSS_LINKERS.get(target.arch, ())
+    found = next((path for path in map(shutil.which, names) if path), None)
+    if found is None:
+        package = _CROSS_PACKAGES.get(target.arch, f"a {target.arch} cross g++")
+        raise LoweringError(f"no cross linker for {target.arch} (looked for "
+                            f"{' / '.join(names) or 'none known'} on PATH) to link target "
+                            f"{target.name!r} on this {host_arch()} host: install it "
+                            f"(apt-get install {package}) or compile on an {target.arch} host")
+    return found
+
+
+def export_payload(executable, target: TargetSpec | None = None) -> bytes:
     """The bytes of ``executable.export_library(path)`` (a TVM Relax VM executable), via a
-    private temporary folder. Needs the full TVM (linking calls the C compiler)."""
+    private temporary folder, linked by :func:`cross_linker` ``(target)`` (``target=None``:
+    the host's). Needs the full TVM (linking calls the C compiler)."""
+    cc = None if target is None else cross_linker(target)
     with tempfile.TemporaryDirectory(prefix="lowbit-export-") as tmp:
         lib = Path(tmp) / "payload.so"
-        executable.export_library(str(lib))
+        if cc is None:
+            executable.export_library(str(lib))
+        else:
+            executable.export_library(str(lib), cc=cc)  # passed on to tvm's create_shared
         return lib.read_bytes()
 
 

@@ -7,16 +7,20 @@ simulator's formulas), so outputs differ only by the final float DequantizeLinea
 ``atol = 4 · 2^-23 · max|reference|`` (about 5e-6 for logits near 10), ``rtol = 0``.
 """
 
+import json
+import struct
 from pathlib import Path
 
 import lowbit
 import numpy as np
 import onnxruntime as ort
 import pytest
+from lowbit.compiler.cli import main
 from lowbit.compiler.driver import STAGES, PlainStageLog, StageLog, compile_model, plan_rows
 from lowbit.ir import Op
-from lowbit.ir.errors import InvalidModelError, LoweringError, QuantizationError
-from lowbit.runtime.artifact import Artifact, load_artifact
+from lowbit.ir.errors import ArtifactError, InvalidModelError, LoweringError, QuantizationError
+from lowbit.runtime import artifact as artifact_module
+from lowbit.runtime.artifact import Artifact, TargetSpec, cross_linker, host_arch, load_artifact
 from lowbit.runtime.reference import run_reference
 
 EXAMPLES = Path(lowbit.__file__).parent / "examples"
@@ -161,8 +165,92 @@ def test_rich_stage_log_on_a_terminal():
     assert type(stage_log_for(io.StringIO(), quiet=True)) is StageLog
 
 
-def test_cross_target_link_failure_is_one_lowering_error():
-    # arm64 code is generated, but linking it needs a cross linker this host does not have
-    with pytest.raises(LoweringError, match="cross linker") as info:
+def _aarch64_linker_or_skip():
+    try:
+        return cross_linker(TargetSpec("arm64", "aarch64", ("neon",)))
+    except LoweringError:
+        pytest.skip("no aarch64 cross linker: apt-get install g++-aarch64-linux-gnu")
+
+
+def _elf_machine(payload: bytes) -> int:
+    """ELF64 little-endian header: magic at 0, class (2 = 64-bit) at 4, e_machine u16 at 18."""
+    magic, elf_class, data = struct.unpack_from("<4sBB", payload, 0)
+    assert (magic, elf_class, data) == (b"\x7fELF", 2, 1), payload[:6]
+    return struct.unpack_from("<H", payload, 18)[0]
+
+
+EM_AARCH64 = 183
+
+
+def _read_lbx(path: Path) -> tuple[dict, bytes]:
+    """Manifest and payload of a .lbx file read raw (``load_artifact`` refuses a foreign arch):
+    magic 8 bytes, version u32, manifest length u64, payload length u64, manifest, payload."""
+    data = path.read_bytes()
+    _, _, m, p = struct.unpack_from("<8sIQQ", data, 0)
+    return json.loads(data[28:28 + m]), data[28 + m:28 + m + p]
+
+
+def test_missing_cross_linker_is_one_lowering_error(monkeypatch):
+    # arm64 code is generated, but linking it needs a cross linker: pretend none is installed
+    if host_arch() == "aarch64":
+        pytest.skip("host is aarch64: arm64 links natively")
+    monkeypatch.setattr(artifact_module.shutil, "which", lambda name: None)
+    with pytest.raises(LoweringError, match=r"no cross linker for aarch64 .*target 'arm64'.*"
+                       r"apt-get install g\+\+-aarch64-linux-gnu.*compile on an aarch64 host") \
+            as info:
         compile_model(MODEL, "arm64", "none", None, None, SHAPES)
     assert "\n" not in str(info.value)
+
+
+def test_failing_cross_linker_is_one_lowering_error(monkeypatch):
+    if host_arch() == "aarch64":
+        pytest.skip("host is aarch64: arm64 links natively")
+    monkeypatch.setattr(artifact_module.shutil, "which", lambda name: "/bin/false")
+    with pytest.raises(LoweringError, match="linking the compiled library for target 'arm64' "
+                       "failed: .*check that the cross linker") as info:
+        compile_model(MODEL, "arm64", "none", None, None, SHAPES)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("quant", ["none", "int8"])
+def test_arm64_artifact_is_an_aarch64_library(quant, tmp_path):
+    _aarch64_linker_or_skip()
+    calib = None if quant == "none" else str(CALIB)
+    art = lowbit.compile(str(MODEL), "arm64", quant, calib, input_shapes=SHAPES)
+    assert _elf_machine(art.payload) == EM_AARCH64
+    target = art.manifest()["target"]
+    assert (target["name"], target["arch"], target["features"]) == ("arm64", "aarch64", ["neon"])
+    assert len(art.plan) == (0 if quant == "none" else 4)
+    path = art.save(tmp_path / "arm.lbx")
+    assert path.read_bytes() == art.to_bytes()
+    assert _read_lbx(path) == (art.manifest(), art.payload)
+    if host_arch() == "aarch64":
+        return  # it runs here: the other tests cover Session
+    with pytest.raises(ArtifactError, match=f"built for aarch64 .*this host is {host_arch()}") \
+            as info:
+        lowbit.Session(path)
+    assert "\n" not in str(info.value)
+
+
+def test_arm64_links_with_the_c_cross_compiler_alone(monkeypatch):
+    # the payload needs no libstdc++: gcc-aarch64-linux-gnu without the g++ package is enough
+    linker = _aarch64_linker_or_skip()
+    gcc = linker.removesuffix("g++") + "gcc"
+    if not Path(gcc).exists():
+        pytest.skip(f"{gcc} not installed")
+    if host_arch() == "aarch64":
+        pytest.skip("host is aarch64: arm64 links natively")
+    monkeypatch.setattr(artifact_module.shutil, "which",
+                        lambda name: gcc if name.endswith("-gcc") else None)
+    art = lowbit.compile(str(MODEL), "arm64", "none", input_shapes=SHAPES)
+    assert _elf_machine(art.payload) == EM_AARCH64
+
+
+def test_cli_compiles_for_arm64(tmp_path, capsys):
+    _aarch64_linker_or_skip()
+    out = tmp_path / "out.lbx"
+    assert main(["compile", str(MODEL), "--target", "arm64", "--quant", "int8", "--calib",
+                 str(CALIB), "--input-shape", "input=8,1,8,8", "-o", str(out), "-q"]) == 0
+    manifest, payload = _read_lbx(out)
+    assert manifest["target"]["name"] == "arm64" and manifest["target"]["arch"] == "aarch64"
+    assert _elf_machine(payload) == EM_AARCH64

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lowbit.ir.errors import ArtifactError
+from lowbit.ir.errors import ArtifactError, LoweringError
 from lowbit.runtime import artifact as art
 from lowbit.runtime.artifact import (
     CHECKSUM_SIZE,
@@ -307,3 +307,57 @@ def test_build_host_target_requires_every_host_extension(tmp_path):
         assert {"avx2", "sse4_2"} <= set(spec.features)
     assert "fpu" not in spec.features and "ht" not in spec.features  # not ISA extensions
     assert load_artifact(_artifact(target=spec).save(tmp_path / "host.lbx")).target == spec
+
+
+ARM = TargetSpec("arm64", "aarch64", ("neon",))
+
+
+class _Executable:
+    """Stands in for a TVM VM executable: records the link keywords, writes fake bytes."""
+
+    def __init__(self):
+        self.kwargs = None
+
+    def export_library(self, path, **kwargs):
+        self.kwargs = kwargs
+        Path(path).write_bytes(PAYLOAD)
+
+
+def _on_x86(monkeypatch, installed):
+    """Pretend to be an x86_64 host where only the programs in ``installed`` are on PATH."""
+    monkeypatch.setattr(art, "host_arch", lambda: "x86_64")
+    monkeypatch.setattr(art.shutil, "which",
+                        lambda name: f"/usr/bin/{name}" if name in installed else None)
+
+
+def test_cross_linker_rules(monkeypatch):
+    _on_x86(monkeypatch, {"aarch64-linux-gnu-g++", "aarch64-linux-gnu-gcc"})
+    assert art.cross_linker(ARM) == "/usr/bin/aarch64-linux-gnu-g++"
+    assert art.cross_linker(TargetSpec("x86", "x86_64")) is None  # native: TVM's default g++
+    assert art.cross_linker(TargetSpec("cuda:sm_90", "cuda", ("sm_90",))) is None  # host code
+    _on_x86(monkeypatch, {"aarch64-linux-gnu-gcc"})  # the C cross compiler alone is enough
+    assert art.cross_linker(ARM) == "/usr/bin/aarch64-linux-gnu-gcc"
+
+
+def test_missing_cross_linker_says_what_where_and_how(monkeypatch):
+    _on_x86(monkeypatch, set())
+    with pytest.raises(LoweringError) as info:
+        art.cross_linker(ARM)
+    message = str(info.value)
+    assert message.startswith("no cross linker for aarch64 (looked for aarch64-linux-gnu-g++")
+    assert "target 'arm64' on this x86_64 host" in message
+    assert "apt-get install g++-aarch64-linux-gnu" in message
+    assert message.endswith("or compile on an aarch64 host") and "\n" not in message
+
+
+def test_export_payload_links_with_the_cross_linker(monkeypatch):
+    _on_x86(monkeypatch, {"aarch64-linux-gnu-g++"})
+    native, cross = _Executable(), _Executable()
+    assert art.export_payload(native) == PAYLOAD and native.kwargs == {}
+    assert art.export_payload(native, TargetSpec("x86", "x86_64")) == PAYLOAD
+    assert native.kwargs == {}
+    assert art.export_payload(cross, ARM) == PAYLOAD
+    assert cross.kwargs == {"cc": "/usr/bin/aarch64-linux-gnu-g++"}
+    _on_x86(monkeypatch, set())
+    with pytest.raises(LoweringError, match="no cross linker for aarch64"):
+        art.export_payload(_Executable(), ARM)
