@@ -10,30 +10,13 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import lowbit
 import numpy as np
 import pytest
 from lowbit.codegen import latency, select
 from lowbit.codegen.target import resolve_target
-from lowbit.compiler.recipes import preset
 from lowbit.ir import Graph, LoweringError, Op
 
 tvm = pytest.importorskip("tvm")
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-_GRAPHS: dict = {}
-
-
-def cnn(quant: str) -> Graph:
-    """digits_cnn at ``quant`` (no reconstruction), a fresh copy per call."""
-    if quant not in _GRAPHS:
-        recipe = preset(quant)
-        recipe = replace(recipe, ptq=replace(recipe.ptq, reconstruct=False))
-        _GRAPHS[quant] = lowbit.quantize(EXAMPLES / "digits_cnn.onnx", recipe=recipe,
-                                         calib=str(EXAMPLES / "digits_calib.npz"),
-                                         input_shapes={"input": (8, 1, 8, 8)})
-    return _GRAPHS[quant].copy()
-
 
 def layer_names(graph: Graph) -> list[str]:
     return [n.name for n in graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
@@ -73,7 +56,7 @@ def fake_timing(monkeypatch):
     return compiled
 
 
-def test_workers_give_the_serial_costs_and_cache_keys(tmp_path, monkeypatch, fake_timing):
+def test_workers_give_the_serial_costs_and_cache_keys(tmp_path, monkeypatch, fake_timing, cnn):
     """jobs=2 (workers forced) and jobs=1: the same families, times and cache keys; each
     uncached (layer, family) compiled once; progress once per (layer, candidate); the fastest
     family wins, ties by name; a forced kernel that cannot take a layer gives NaN."""
@@ -112,7 +95,7 @@ def test_workers_give_the_serial_costs_and_cache_keys(tmp_path, monkeypatch, fak
     assert {"bitserial", "lut"} & {f for row in serial.family for f in row}
 
 
-def test_real_timings_on_workers_are_finite_and_cached(tmp_path, monkeypatch):
+def test_real_timings_on_workers_are_finite_and_cached(tmp_path, monkeypatch, cnn):
     """Compiled on 2 workers, timed here: finite positive times, every key in kernels.json;
     a second call compiles and times nothing and returns the same costs."""
     monkeypatch.setattr(latency, "MIN_PARALLEL_LAYERS", 1)
@@ -135,7 +118,7 @@ def test_real_timings_on_workers_are_finite_and_cached(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again.ms, first.ms)
 
 
-def test_compile_failure_on_a_worker_is_a_lowering_error(tmp_path):
+def test_compile_failure_on_a_worker_is_a_lowering_error(tmp_path, cnn):
     """A kernel whose compile fails on a worker comes back as the LoweringError that
     measure_layer raises for it (node, family, the cause, the fix), and layer_costs raises it;
     a LoweringError raised on a worker keeps its message; the other kernels still compile."""
@@ -163,7 +146,7 @@ def test_compile_failure_on_a_worker_is_a_lowering_error(tmp_path):
         latency.graphs_ms([graph], broken, cache_dir=tmp_path)
 
 
-def test_graphs_ms_compiles_on_workers_and_caches(tmp_path, monkeypatch):
+def test_graphs_ms_compiles_on_workers_and_caches(tmp_path, monkeypatch, cnn):
     """graphs_ms: one compile per distinct graph (on workers), finite times, cached with
     graph_ms's key: a second call and graph_ms compile nothing."""
     monkeypatch.setattr(latency, "MIN_PARALLEL_NODES", 1)
@@ -200,7 +183,7 @@ def test_workers_only_for_enough_work(monkeypatch):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU affinity")
-def test_timing_leaves_this_process_on_all_its_cpus():
+def test_timing_leaves_this_process_on_all_its_cpus(cnn):
     """TVM pins the thread that configures its pool to one CPU; after a timing the process
     is back on all its CPUs (else workers spawned later would all share that one)."""
     before = os.sched_getaffinity(0)

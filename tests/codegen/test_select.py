@@ -4,7 +4,6 @@ with an on-disk cache, forced families, and the IR printer's ``# kernel=`` note.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import lowbit
@@ -12,31 +11,16 @@ import numpy as np
 import pytest
 from lowbit.codegen import select
 from lowbit.codegen.select import STATIC_PREFERENCE, KernelChoice, MeasurementCache, select_kernels
-from lowbit.compiler.recipes import preset
 from lowbit.ir import Graph, LoweringError, Op
 
 tvm = pytest.importorskip("tvm")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-_GRAPHS: dict = {}
-
-
-def cnn(quant: str) -> Graph:
-    """digits_cnn at ``quant`` (no reconstruction), a fresh copy per call."""
-    if quant not in _GRAPHS:
-        recipe = preset(quant)
-        recipe = replace(recipe, ptq=replace(recipe.ptq, reconstruct=False))
-        _GRAPHS[quant] = lowbit.quantize(EXAMPLES / "digits_cnn.onnx", recipe=recipe,
-                                         calib=str(EXAMPLES / "digits_calib.npz"),
-                                         input_shapes={"input": (8, 1, 8, 8)})
-    return _GRAPHS[quant].copy()
-
-
 def layers(graph: Graph):
     return [n for n in graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
 
 
-def test_static_selection_records_candidates_and_prints():
+def test_static_selection_records_candidates_and_prints(cnn):
     graph = cnn("w2a2")
     choices = select_kernels(graph, "x86", measure=False)
     assert set(choices) == {n.name for n in layers(graph)}
@@ -50,7 +34,7 @@ def test_static_selection_records_candidates_and_prints():
     assert STATIC_PREFERENCE[0] == "bitserial"
 
 
-def test_measured_selection_caches_to_disk(tmp_path, monkeypatch):
+def test_measured_selection_caches_to_disk(tmp_path, monkeypatch, cnn):
     """measure=True times every candidate once (reference included), picks the fastest,
     writes kernels.json; a second selection reads the cache and times nothing."""
     graph = cnn("int8")
@@ -78,7 +62,7 @@ def test_measured_selection_caches_to_disk(tmp_path, monkeypatch):
     assert {k: c.family for k, c in second.items()} == {k: c.family for k, c in first.items()}
 
 
-def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch):
+def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch, cnn):
     """Equal times: the alphabetically first family wins; without cache_dir the cache lives
     under $XDG_CACHE_HOME/lowbit/kernels.json."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -97,7 +81,7 @@ def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch):
     assert len(calls) == 2 + 4 + 4 + 2
 
 
-def test_forced_family_is_honoured():
+def test_forced_family_is_honoured(cnn):
     graph = cnn("w2a2")
     conv3, conv7 = layers(graph)[1:3]
     choices = select_kernels(graph, "x86", measure=False,
@@ -106,7 +90,7 @@ def test_forced_family_is_honoured():
     assert conv7.meta["kernel"] == "reference"
 
 
-def test_forced_family_that_cannot_take_the_layer():
+def test_forced_family_that_cannot_take_the_layer(cnn):
     graph = cnn("int8")
     conv = layers(graph)[1]
     with pytest.raises(LoweringError, match=rf"{conv.name}.*'bitserial'.*does not accept"):
@@ -117,7 +101,7 @@ def test_forced_family_that_cannot_take_the_layer():
         select_kernels(graph, "x86", measure=False, forced={"missing": "int8"})
 
 
-def test_cross_target_is_not_measured(monkeypatch):
+def test_cross_target_is_not_measured(monkeypatch, cnn):
     """arm64 code cannot run here: the static order applies even with measure=True, and
     families without an ARM path (shiftadd_int8: VNNI only) are not candidates."""
     monkeypatch.setattr(select, "measure_layer", lambda *a: pytest.fail("timed on arm64"))
@@ -141,7 +125,7 @@ def test_cache_file_is_replaced_atomically(tmp_path):
     assert MeasurementCache(path).entries == {}
 
 
-def test_selected_graph_builds_bit_exact():
+def test_selected_graph_builds_bit_exact(cnn):
     """select -> build -> run: the selected graph equals the integer simulator."""
     from lowbit.codegen.build import build
     from tvm import relax
