@@ -320,8 +320,10 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
     workers = resolve_jobs(jobs)
     if workers > 1 and not reaches_workers(metric):
         workers = 1  # a lambda, a local function or one from __main__ cannot reach a worker
-    n_slow = sum(candidates[ci].reconstructs for _, cis in tasks for ci in cis) if ptq_iters \
-        else 0
+    # the reconstructions to make: one per task when shared, else one per measurement
+    n_slow = 0 if not ptq_iters else sum(
+        (1 if share_reconstruction else len(cis))
+        for _, cis in tasks if candidates[cis[0]].reconstructs)
     if n_slow < MIN_PARALLEL_MEASUREMENTS:
         workers = 1  # starting workers (imports) costs more than it saves
     last_save = [time.monotonic()]
@@ -355,7 +357,7 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
     return SensitivityTable(infos, candidates, sens, nbytes, metric_name)
 
 
-#: fewer reconstructing measurements than this are made in this process (no workers)
+#: with fewer reconstructions than this to make, measurements stay in this process
 MIN_PARALLEL_MEASUREMENTS = 12
 
 
