@@ -42,8 +42,12 @@ channels; over row blocks when there is only one channel block), per block rows 
 ``MB x NB`` tile updates unrolled per 4-wide K group), then the epilogue (offset, requant) on
 the block. Activations are repacked to bytes once per call (``pack``; conv: im2col).
 
-Conv: dense conv is im2col + this GEMM in one function (measured 1.5x faster than ORT
-``ConvInteger`` on 1x64x56x56 3x3, one thread; a direct schedule was not written).
+Conv (NCHW, one function, the epilogue stores channel by channel): either im2col + this GEMM,
+or **direct** (implicit GEMM, :attr:`ConvSpec.direct`): the input is copied once into a
+zero-point-padded byte image ``xpad`` and K runs over ``(c, kh, q)`` with each kernel row's
+taps rounded up to ``KQ`` (a multiple of 4; the extra taps have zero weights), so the 4-byte
+activation group of row ``(b, oh, ow)`` is the unaligned load ``xpad[b, c, oh*sh + kh,
+ow*sw + 4q ..]``, straight from the image, with no im2col copy (9x / 49x the input for 3x3 / 7x7).
 Depthwise conv (K = 9 or 25 per channel, too short for a GEMM) is a direct TE schedule:
 parallel over (batch, channel), taps unrolled, the output row left to LLVM's vectorizer.
 Threads: :func:`set_num_threads` (TVM's pool; ``TVM_NUM_THREADS``).
@@ -254,9 +258,9 @@ _TILE_UPDATE = {
                             T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                             acc.vload([mi, t, 0], "int32x16"),
                             T.reinterpret(T.broadcast(T.reinterpret(
-                                pack.vload([mo * {MB} + mi, kb * 4], "uint8x4"), dtype="int32"),
+                                {A4}, dtype="int32"),
                                 16), dtype="int8x64"),
-                            w.vload([o, kb, t, 0, 0], "int8x64"), dtype="int32x16")""",
+                            w.vload([o, {KBI}, t, 0, 0], "int8x64"), dtype="int32x16")""",
     "avx2": """
                         for h in T.unroll(2):
                             acc[mi, t, T.ramp(h * 8, 1, 8)] = acc.vload(
@@ -265,16 +269,16 @@ _TILE_UPDATE = {
                                 T.call_llvm_pure_intrin(
                                     T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
                                     T.reinterpret(T.broadcast(T.reinterpret(
-                                        pack.vload([mo * {MB} + mi, kb * 4], "uint8x4"),
+                                        {A4},
                                         dtype="int32"), 8), dtype="uint8x32"),
-                                    w.vload([o, kb, t, h * 8, 0], "int8x32"), dtype="int16x16"),
+                                    w.vload([o, {KBI}, t, h * 8, 0], "int8x32"), dtype="int16x16"),
                                 T.broadcast(T.int16(1), 16), dtype="int32x8")""",
     "generic": """
                         for i in T.unroll(4):
                             for l in T.vectorized(16):
                                 acc[mi, t, l] = acc[mi, t, l] + T.Cast(
-                                    "int32", pack[mo * {MB} + mi, kb * 4 + i]) * T.Cast(
-                                    "int32", w[o, kb, t, l, i])""",
+                                    "int32", {A1}) * T.Cast(
+                                    "int32", w[o, {KBI}, t, l, i])""",
 }
 
 _GEMM_TEMPLATE = """
@@ -282,7 +286,6 @@ _GEMM_TEMPLATE = """
 @T.prim_func(s_tir=True)
 def main({args}):
     T.func_attr({{"tirx.noalias": True, "global_symbol": "main"}})
-    pack = T.alloc_buffer(({MP}, {KP}), "uint8")
 {pack_loops}
     for {outer} in T.parallel({outer_n}):
         acc = T.alloc_buffer(({MB}, {NB}, 16), "int32", scope="local")
@@ -290,15 +293,26 @@ def main({args}):
             for mi, t in T.grid({MB}, {NB}):
                 for l in T.vectorized(16):
                     acc[mi, t, l] = 0
-            for kb in T.serial({KB}):
+            {kloop}
                 for mi in T.unroll({MB}):
                     for t in T.unroll({NB}):{update}
-            for mi in T.serial({MB}):
+{store_loops}
+"""
+
+#: the epilogue's loops over the register block: row-major outputs ((M, N): a tile's 16
+#: channels are contiguous, one vector store) ...
+_STORE_ROWS = """            for mi in T.serial({MB}):
                 if mo * {MB} + mi < {M}:
                     for t in T.serial({NB}):
                         for l in T.{lane_kind}(16):
-                            {store}
-"""
+                            {store}"""
+#: ... or channel-major (NCHW convs: a channel's MB rows are adjacent pixels, so the block is
+#: stored channel by channel instead of as MB*NB 16-lane scatters)
+_STORE_CHANNELS = """            for t in T.serial({NB}):
+                for l in T.serial(16):
+                    for mi in T.serial({MB}):
+                        if mo * {MB} + mi < {M}:
+                            {store}"""
 
 
 def _store_text(N: int, requant: OutputRange | None, out_dtype: str, y_index: str,
@@ -330,8 +344,9 @@ def _pack_loops(g: _Gemm, a_dtype: str, loops: str, row: str, col: str, code: st
     """The ``pack`` statements: ``loops`` (a ``T.grid`` header over the source) writes
     ``pack[row, col] = byte(code)``; rows >= M and columns >= K are zero-filled (padding
     columns meet zero weights; padding rows are never stored)."""
-    text = [f"    for {loops}:", f"        pack[{row}, {col}] = {_byte(code, a_dtype)}"]
     KP = g.KB * GROUP
+    text = [f'    pack = T.alloc_buffer(({g.MP}, {KP}), "uint8")',
+            f"    for {loops}:", f"        pack[{row}, {col}] = {_byte(code, a_dtype)}"]
     if KP > g.K:
         text += [f"    for m, k in T.grid({g.M}, {KP - g.K}):",
                  f"        pack[m, {g.K} + k] = T.uint8(0)"]
@@ -341,10 +356,19 @@ def _pack_loops(g: _Gemm, a_dtype: str, loops: str, row: str, col: str, code: st
     return "\n".join(text)
 
 
+#: the GEMM's K loop and operand reads over the ``pack`` matrix: ``(kloop, kb index, 4-byte
+#: activation group, activation byte i)``
+_PACKED_K = ("for kb in T.serial({KB}):", "kb", 'pack.vload([mo * {MB} + mi, kb * 4], "uint8x4")',
+             "pack[mo * {MB} + mi, kb * 4 + i]")
+
+
 def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
-                 out_shape, out_dtype: str, y_index: str, requant: OutputRange | None) -> str:
-    """TVMScript of one layer: ``pack`` (the GEMM's (MP, KP) activation bytes, written by
-    ``pack_loops``), the register-blocked GEMM, and the epilogue."""
+                 out_shape, out_dtype: str, y_index: str, requant: OutputRange | None,
+                 k_reads: tuple[str, str, str, str] = _PACKED_K,
+                 channel_major: bool = False) -> str:
+    """TVMScript of one layer: ``pack_loops`` (the statements that lay the activation bytes
+    out, e.g. the GEMM's (MP, KP) ``pack``), the register-blocked GEMM with its K loop and
+    reads ``k_reads`` (:data:`_PACKED_K`, or the direct conv's), and the epilogue."""
     def buf(shape, dtype):
         return f'T.Buffer({tuple(shape)!r}, "{dtype}")'
     args = [f"x: {buf(in_shape, a_dtype)}",
@@ -353,20 +377,26 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
     if requant is not None:
         args += [f'mult: {buf((g.N,), "int64")}', f'shift: {buf((g.N,), "int64")}']
     args.append(f"y: {buf(out_shape, out_dtype)}")
-    KP = g.KB * GROUP
     # parallel over channel blocks; over row blocks when there is a single channel block
     # (a conv with <= 16*NB output channels)
     by_channel = g.NO > 1 or g.MP == g.MB
     guard_n = g.N % (g.NB * LANES) != 0
     store = _store_text(g.N, requant, out_dtype, y_index, guard_n)
+    kloop, kbi, a4, a1 = (r.replace("{KB}", str(g.KB)).replace("{MB}", str(g.MB))
+                          for r in k_reads)
+    update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
+        "{A1}", a1).replace("{KBI}", kbi)
+    store_loops = (_STORE_CHANNELS if channel_major else _STORE_ROWS).replace(
+        "{MB}", str(g.MB)).replace("{NB}", str(g.NB)).replace("{M}", str(g.M)).replace(
+        "{lane_kind}", "serial" if guard_n else "vectorized")
+    if channel_major:
+        store = store.replace("\n" + " " * 32, "\n" + " " * 32 + " " * 4)
+    store_loops = store_loops.replace("{store}", store.replace("{NB}", str(g.NB)))
     return _GEMM_TEMPLATE.format(
-        args=", ".join(args), MP=g.MP, KP=KP, MB=g.MB, NB=g.NB,
+        args=", ".join(args), MB=g.MB, NB=g.NB, kloop=kloop, store_loops=store_loops,
         outer="o" if by_channel else "mo", outer_n=g.NO if by_channel else g.MP // g.MB,
         inner="mo" if by_channel else "o", inner_n=g.MP // g.MB if by_channel else g.NO,
-        KB=g.KB, M=g.M, pack_loops=pack_loops,
-        update=_TILE_UPDATE[path].replace("{MB}", str(g.MB)),
-        lane_kind="serial" if guard_n else "vectorized",
-        store=store.replace("{NB}", str(g.NB)))
+        pack_loops=pack_loops, update=update)
 
 
 def _requant_te(requant: OutputRange, N: int, out_dtype: str):
@@ -484,9 +514,26 @@ class ConvSpec:
         return _conv_out(self.W, self.KW, self.stride[1], self.pads[1], self.pads[3])
 
     @property
+    def KQ(self) -> int:
+        """Taps per kernel row as the GEMM sees them: ``KW`` (im2col), or ``KW`` rounded up
+        to whole 4-byte groups (direct)."""
+        return -(-self.KW // GROUP) * GROUP if self.direct else self.KW
+
+    @property
+    def direct(self) -> bool:
+        """Implicit GEMM (module docstring) when rounding ``KW`` up to whole 4-tap groups
+        costs less than the im2col copy it saves: no more than a third more MACs (KW = 3, 4,
+        7, 8, ...; never 1x1 or 5x5), and ``OC * (KQ - KW) <= 64 * KW`` (the wasted MACs per
+        row grow with OC, the copy does not). Measured on Zen 5, one thread: 7x7/2 stem
+        3->64 at 224² 0.49 ms direct vs 0.56 im2col; 3x3 64->64 at 56² 0.40 vs 0.47; 128->128
+        at 28² 0.33 vs 0.32; 512->512 at 7² 0.34 vs 0.27."""
+        kq = -(-self.KW // GROUP) * GROUP
+        return 3 * kq <= 4 * self.KW and self.OC * (kq - self.KW) <= 64 * self.KW
+
+    @property
     def gemm(self) -> Int8Spec:
-        """The im2col GEMM: M = B*OH*OW, K = C*KH*KW, N = OC."""
-        return Int8Spec(self.B * self.OH * self.OW, self.C * self.KH * self.KW, self.OC,
+        """The GEMM: M = B*OH*OW, K = C*KH*KQ, N = OC."""
+        return Int8Spec(self.B * self.OH * self.OW, self.C * self.KH * self.KQ, self.OC,
                         self.w_bits, self.a_dtype, self.requant)
 
     in_shape = property(lambda self: (self.B, self.C, self.H, self.W))
@@ -502,30 +549,78 @@ def pack_conv_weights(spec: ConvSpec, target: Target, w: np.ndarray, *, bias=Non
     if w.shape != (spec.OC, spec.C, spec.KH, spec.KW):
         raise LoweringError(f"int8 conv: weights {w.shape}, spec wants "
                             f"{(spec.OC, spec.C, spec.KH, spec.KW)}")
+    if spec.KQ > spec.KW:  # direct: zero taps pad each kernel row to whole 4-byte groups
+        w = np.concatenate([w, np.zeros(w.shape[:3] + (spec.KQ - spec.KW,), w.dtype)], 3)
     return pack_weights(spec.gemm, target, w.reshape(spec.OC, -1).T, bias=bias,
                         a_zero_point=a_zero_point, mult=mult, shift=shift)
 
 
 def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
-    """TVMScript of a dense conv: im2col rows feed the GEMM; the epilogue writes NCHW."""
+    """TVMScript of a dense conv (im2col or direct, :attr:`ConvSpec.direct`); the epilogue
+    writes NCHW."""
     g_spec = spec.gemm
     g = _Gemm(g_spec.M, g_spec.K, g_spec.N, *g_spec.block)
-    (sh, sw), (pt, pl) = spec.stride, spec.pads[:2]
+    (sh, sw), (pt, pl, pb, pr) = spec.stride, spec.pads
     OH, OW, KH, KW = spec.OH, spec.OW, spec.KH, spec.KW
-    h, v = f"(oh * {sh} + kh - {pt})", f"(ow * {sw} + kw - {pl})"
-    pixel = (f"x[b, c, T.min(T.max({h}, 0), {spec.H - 1}), "
-             f"T.min(T.max({v}, 0), {spec.W - 1})]")
-    code = (f"T.if_then_else({h} >= 0 and {h} < {spec.H} and {v} >= 0 and {v} < {spec.W}, "
-            f'{pixel}, T.{spec.a_dtype}({zero_point}))')
-    pack = _pack_loops(g, spec.a_dtype,
-                       f"b, oh, ow, c, kh, kw in T.grid({spec.B}, {OH}, {OW}, {spec.C}, "
-                       f"{KH}, {KW})", f"(b * {OH} + oh) * {OW} + ow",
-                       f"(c * {KH} + kh) * {KW} + kw", code)
     row = f"(mo * {g.MB} + mi)"
     y_index = (f"{row} // {OH * OW}, (o * {g.NB} + t) * 16 + l, {row} // {OW} % {OH}, "
                f"{row} % {OW}")
-    return _gemm_source(g, kernel_path(target, spec.w_bits), spec.in_shape, spec.a_dtype,
-                        pack, spec.out_shape, spec.out_dtype, y_index, spec.requant)
+    path = kernel_path(target, spec.w_bits)
+    if spec.direct:
+        return _gemm_source(g, path, spec.in_shape, spec.a_dtype, _xpad_loops(spec, zero_point),
+                            spec.out_shape, spec.out_dtype, y_index, spec.requant,
+                            _direct_k_reads(spec, g), channel_major=True)
+    HP, WP = spec.H + pt + pb, spec.W + pl + pr
+    src, pad_text = "x", ""
+    if any(spec.pads):  # pad once (zero point), so the im2col copy has no bounds checks
+        h, v = f"(hp - {pt})", f"(wp - {pl})"
+        pixel = (f"x[b, c, T.min(T.max({h}, 0), {spec.H - 1}), "
+                 f"T.min(T.max({v}, 0), {spec.W - 1})]")
+        pad_text = (
+            f'    xpad = T.alloc_buffer(({spec.B}, {spec.C}, {HP}, {WP}), "{spec.a_dtype}")\n'
+            f"    for b, c, hp, wp in T.grid({spec.B}, {spec.C}, {HP}, {WP}):\n"
+            f"        xpad[b, c, hp, wp] = T.if_then_else({h} >= 0 and {h} < {spec.H} and "
+            f"{v} >= 0 and {v} < {spec.W}, {pixel}, T.{spec.a_dtype}({zero_point}))\n")
+        src = "xpad"
+    pack = pad_text + _pack_loops(
+        g, spec.a_dtype, f"b, oh, ow, c, kh, kw in T.grid({spec.B}, {OH}, {OW}, {spec.C}, "
+                         f"{KH}, {KW})", f"(b * {OH} + oh) * {OW} + ow",
+        f"(c * {KH} + kh) * {KW} + kw", f"{src}[b, c, oh * {sh} + kh, ow * {sw} + kw]")
+    return _gemm_source(g, path, spec.in_shape, spec.a_dtype, pack, spec.out_shape,
+                        spec.out_dtype, y_index, spec.requant, channel_major=True)
+
+
+def _xpad_width(spec: ConvSpec) -> int:
+    """Columns of the direct conv's padded byte image: the padded input, widened so the last
+    output's last 4-byte group (taps ``KW .. KQ-1`` meet zero weights) stays inside."""
+    return max(spec.W + spec.pads[1] + spec.pads[3], (spec.OW - 1) * spec.stride[1] + spec.KQ)
+
+
+def _xpad_loops(spec: ConvSpec, zero_point: int) -> str:
+    """The direct conv's prologue: ``xpad`` (B, C, HP, WPX) uint8 = the GEMM bytes of the
+    zero-point-padded input (fill with byte(z_x), then copy the rows in)."""
+    HP, WPX = spec.H + spec.pads[0] + spec.pads[2], _xpad_width(spec)
+    pt, pl = spec.pads[:2]
+    fill = f"T.uint8({(zero_point + (128 if spec.a_dtype == 'int8' else 0)) & 0xFF})"
+    return "\n".join([
+        f'    xpad = T.alloc_buffer(({spec.B}, {spec.C}, {HP}, {WPX}), "uint8")',
+        f"    for b, c, hp, wp in T.grid({spec.B}, {spec.C}, {HP}, {WPX}):",
+        f"        xpad[b, c, hp, wp] = {fill}",
+        f"    for b, c, h, w_ in T.grid({spec.B}, {spec.C}, {spec.H}, {spec.W}):",
+        f"        xpad[b, c, h + {pt}, w_ + {pl}] = {_byte('x[b, c, h, w_]', spec.a_dtype)}"])
+
+
+def _direct_k_reads(spec: ConvSpec, g: _Gemm) -> tuple[str, str, str, str]:
+    """The direct conv's K loop ``(c, kh, q)`` (``kb = (c*KH + kh)*KQ/4 + q``) and its reads:
+    the 4-byte group of row ``r = (b, oh, ow)`` is ``xpad[b, c, oh*sh + kh, ow*sw + 4q ..]``
+    (rows past M, never stored, read row M-1)."""
+    (sh, sw), OH, OW = spec.stride, spec.OH, spec.OW
+    q4 = spec.KQ // GROUP
+    r = f"T.min(mo * {g.MB} + mi, {g.M - 1})"
+    at = f"{r} // {OH * OW}, c, {r} // {OW} % {OH} * {sh} + kh, {r} % {OW} * {sw} + q * 4"
+    return (f"for c, kh, q in T.grid({spec.C}, {spec.KH}, {q4}):",
+            f"(c * {spec.KH} + kh) * {q4} + q", f'xpad.vload([{at}], "uint8x4")',
+            f"xpad[{at} + i]")
 
 
 def lower_conv(spec: ConvSpec, target: Target, zero_point: int = 0):

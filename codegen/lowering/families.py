@@ -21,6 +21,10 @@ Layouts (:attr:`LayerPlan.layout`):
 * ``gemm``       QMatMul; ``x (..., K)`` is reshaped to ``(M, K)``;
 * ``conv``       int8 family, dense 2-D conv, dilation 1: int8's im2col+GEMM function (NCHW);
 * ``depthwise``  int8 family, 2-D depthwise 3x3 / 5x5, stride 1 / 2, dilation 1;
+* ``bitconv``    bitserial family, dense 2-D conv, dilation 1, CPU targets: the direct conv of
+  ``kernels/bitserial_conv.py`` (codes packed once per pixel inside the kernel, taps read as
+  words; NCHW out); padding reads ``zx``, or +1 for binary codes with the border correction
+  below; bipolar weights x uint activations stay on ``im2col``;
 * ``im2col``     any other dense conv (any rank, stride, dilation): a ``te`` im2col
   ``(B, O..., C, k...)`` in the family's activation dtype (padding reads ``zx``, a real 0),
   reshaped to ``(M, K) = (B·ΠO, C·Πk)``; the weights ``(OC, C, k...)`` become
@@ -240,8 +244,11 @@ def plan_layer(node: Node, family: str, target) -> LayerPlan:
         C, OC = geo.x_shape[1], geo.w_shape[0]
         if a.group == 1:
             layouts = ["im2col"]
-            if adapter.conv is not None and len(a.strides) == 2 and set(a.dilations) == {1}:
-                layouts.insert(0, "conv")
+            if len(a.strides) == 2 and set(a.dilations) == {1}:
+                if adapter.conv is not None:
+                    layouts.insert(0, "conv")
+                elif family == "bitserial" and not target.is_gpu:
+                    layouts.insert(0, "bitconv")
             w_gemm = w.reshape(OC, -1).T
         elif a.group == C == OC and geo.w_shape[1] == 1 and adapter.depthwise is not None:
             layouts, w_gemm = ["depthwise"], w
@@ -289,6 +296,17 @@ def _make_plan(node, family, adapter, layout, fused, ops, geo, gemm_shape) -> La
 
         def lower():
             return module.lower(spec, target)["main"]
+    elif layout == "bitconv":
+        bc = _kernels("bitserial_conv")
+        g = adapter.gemm(ops, M, K, N, requant)
+        (B, C, H, W), (_, _, KH, KW) = geo.x_shape, geo.w_shape
+        pad_code = 1 if _binary(ops.a_qtype) else int(rq.in_zero_point)
+        spec = bc.BitConvSpec(B, C, H, W, N, KH, KW, tuple(geo.strides), tuple(geo.pads),
+                              g.w_format, g.w_bits, g.a_format, g.a_bits, requant, pad_code)
+        packed = bc.pack_conv_weights(spec, target, node.inputs[1].const, **kw)
+
+        def lower():
+            return bc.lower(spec, target)["main"]
     else:
         int8 = _kernels("int8")
         zx = int(rq.in_zero_point)
@@ -311,7 +329,7 @@ def _make_plan(node, family, adapter, layout, fused, ops, geo, gemm_shape) -> La
         params += [packed.mult, packed.shift] if requant is not None else \
             [np.zeros(N, np.int64), np.zeros(N, np.int64)]
     pad_code, border = int(rq.in_zero_point), None
-    if layout == "im2col" and _binary(ops.a_qtype) and any(geo.pads):
+    if layout in ("im2col", "bitconv") and _binary(ops.a_qtype) and any(geo.pads):
         pad_code = 1  # the +1 code; its border contribution is subtracted in the epilogue
         w4 = np.asarray(node.inputs[1].const, np.int64)
         border = (pad_code - int(rq.in_zero_point)) * w4.sum(axis=1)  # (OC, k...)

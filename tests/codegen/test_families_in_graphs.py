@@ -246,7 +246,9 @@ def conv_graph(x_shape, w, bias, rq, attrs_kw, a_q, w_q, out_shape) -> Graph:
 @pytest.mark.parametrize("family,layout,a_bits,w_bits,dil,acc_shift,shift", [
     ("int8", "conv", 8, 8, 1, 2, 38),
     ("int8", "im2col", 8, 4, 2, 1, 36),
-    ("bitserial", "im2col", 2, 2, 1, 3, 34),
+    ("bitserial", "bitconv", 2, 2, 1, 3, 34),
+    ("bitserial", "bitconv", 3, 2, 1, 0, 34),  # acc_shift 0: requant fused into the kernel
+    ("bitserial", "im2col", 2, 2, 2, 3, 34),  # dilation 2: no direct conv
     ("lut", "im2col", 8, 2, 1, 0, 34),
 ])
 def test_qconv_families(family, layout, a_bits, w_bits, dil, acc_shift, shift):
@@ -266,6 +268,7 @@ def test_qconv_families(family, layout, a_bits, w_bits, dil, acc_shift, shift):
     node = g.nodes[0]
     plan = plan_layer(node, family, host())
     assert plan.layout == layout
+    assert plan.fused == (acc_shift == 0 and layout != "im2col")
     node.meta["kernel"] = family
     x = rng.integers(0, 1 << a_bits, (B, C, H, W)).astype(np.uint8)
     assert len(np.unique(lowbit.run_reference(g, {"x": x})["y"])) > 5
@@ -306,8 +309,9 @@ def test_layers_no_family_takes():
 @pytest.mark.parametrize("stride,pads,binary_out", [(1, (1, 1, 1, 1), True),
                                                     (2, (0, 1, 2, 1), False)])
 def test_binary_activations_padded_conv(stride, pads, binary_out):
-    """w1a1 conv with padding on bitserial XNOR-popcount: the im2col pads with +1 codes and the
-    epilogue subtracts the border taps (the real padding value is 0, no +-1 code)."""
+    """w1a1 conv with padding on bitserial XNOR-popcount (direct conv, and im2col when forced by
+    dilation): the padding holds +1 codes and the epilogue subtracts the border taps (the real
+    padding value is 0, no +-1 code)."""
     rng = np.random.default_rng(stride)
     B, C, H, W, OC, k = 2, 37, 6, 7, 9, 3
     OH = (H + pads[0] + pads[2] - k) // stride + 1
@@ -322,13 +326,19 @@ def test_binary_activations_padded_conv(stride, pads, binary_out):
                         "group": 1, "acc_shift": 1}, binary, binary, (B, OC, OH, OW))
     node = g.nodes[0]
     plan = plan_layer(node, "bitserial", host())
-    assert plan.layout == "im2col" and plan.pad_code == 1 and plan.border is not None
+    assert plan.layout == "bitconv" and plan.pad_code == 1 and plan.border is not None
     assert candidates(node, host())[0] == ["bitserial", "reference"]
     node.meta["kernel"] = "bitserial"
     x = rng.choice(np.array([-1, 1], np.int8), (B, C, H, W))
     want = lowbit.run_reference(g, {"x": x})["y"]
     assert len(np.unique(want)) > 1
     assert_bit_exact(g, {"x": x})
+    dilated = g.copy()
+    node = dilated.nodes[0]
+    node.attrs = replace(node.attrs, dilations=(2, 2), pads=(2, 2, 2, 2))
+    node.outputs[0].shape = (B, OC, (H + 4 - 5) // stride + 1, (W + 4 - 5) // stride + 1)
+    assert plan_layer(node, "bitserial", host()).layout == "im2col"
+    assert_bit_exact(dilated, {"x": x})
 
 
 def test_arm64_graph_uses_neon_family_kernels():

@@ -128,22 +128,45 @@ def _conv_reference(x, w, zx, bias, stride, pads, groups):
     return np.rint(acc.numpy()).astype(np.int64) + np.asarray(bias).reshape(1, -1, 1, 1)
 
 
-@pytest.mark.parametrize("a_dtype,stride,pads,out", [
-    ("uint8", (1, 1), (1, 1, 1, 1), OUT), ("int8", (2, 2), (0, 1, 2, 0), None),
-    ("uint8", (2, 1), (0, 0, 0, 0), U8)])
-def test_conv_im2col_is_bit_exact(a_dtype, stride, pads, out):
-    rng = np.random.default_rng(sum(pads) + stride[0])
-    spec = k8.ConvSpec(2, 5, 9, 7, 19, 3, 3, stride, pads, 8, a_dtype, out)
+@pytest.mark.parametrize("a_dtype,stride,pads,out,k,oc,direct", [
+    ("uint8", (1, 1), (1, 1, 1, 1), OUT, 3, 19, True), ("int8", (2, 2), (0, 1, 2, 0), None, 3,
+                                                       19, True),
+    ("uint8", (2, 1), (0, 0, 0, 0), U8, 3, 19, True),
+    ("int8", (2, 2), (3, 3, 2, 3), OUT, 7, 19, True),  # a 7x7/2 stem: taps padded to 8
+    ("uint8", (1, 1), (1, 1, 1, 1), None, 3, 200, False),  # wide: the padded taps cost more
+    ("int8", (1, 2), (0, 0, 0, 0), OUT, 1, 19, False),  # 1x1: 4-tap groups would be 3/4 waste
+    ("uint8", (1, 1), (2, 1, 2, 2), U8, 5, 19, False)])
+def test_conv_is_bit_exact(a_dtype, stride, pads, out, k, oc, direct):
+    """Dense conv, direct (implicit GEMM) or im2col, against torch's conv2d."""
+    rng = np.random.default_rng(sum(pads) + stride[0] + k)
+    spec = k8.ConvSpec(2, 5, 9, 7, oc, k, k, stride, pads, 8, a_dtype, out)
+    assert spec.direct == direct
     x = _codes(rng, a_dtype, spec.in_shape)
-    w = _weights(rng, 8, (19, 5, 3, 3))
+    w = _weights(rng, 8, (oc, 5, k, k))
     zx = int(_codes(rng, a_dtype, ()))
-    bias, mult, shift = _params(rng, 19)
+    bias, mult, shift = _params(rng, oc)
     packed = k8.pack_conv_weights(spec, HOST, w, bias=bias, a_zero_point=zx, mult=mult,
                                   shift=shift)
     got = k8.build_conv(spec, HOST, zx)(x, packed)
     acc = _conv_reference(x, w, zx, bias, stride, pads, 1)
     assert got.shape == spec.out_shape == acc.shape
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, out, 1))
+
+
+@pytest.mark.parametrize("target,bits", [(AVX2, 7), (PLAIN, 8)], ids=["avx2", "generic"])
+def test_direct_conv_on_every_path(target, bits):
+    """The direct conv's 4-byte groups feed vpmaddubsw (avx2) and the plain widening path."""
+    rng = np.random.default_rng(bits)
+    spec = k8.ConvSpec(1, 3, 11, 10, 21, 7, 7, (2, 2), (3, 3, 3, 3), bits, "int8", OUT)
+    assert spec.direct
+    x = _codes(rng, "int8", spec.in_shape)
+    w = _weights(rng, bits, (21, 3, 7, 7))
+    bias, mult, shift = _params(rng, 21)
+    packed = k8.pack_conv_weights(spec, target, w, bias=bias, a_zero_point=-3, mult=mult,
+                                  shift=shift)
+    got = k8.build_conv(spec, target, -3)(x, packed)
+    acc = _conv_reference(x, w, -3, bias, (2, 2), (3, 3, 3, 3), 1)
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, OUT, 1))
 
 
 @pytest.mark.parametrize("k,stride,pads", [(3, (1, 1), (1, 1, 1, 1)), (3, (2, 2), (1, 0, 1, 1)),
