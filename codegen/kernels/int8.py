@@ -56,7 +56,7 @@ Threads: :func:`set_num_threads` (TVM's pool; ``TVM_NUM_THREADS``).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,6 +100,14 @@ def _check_output(requant: OutputRange | None, name: str) -> None:
         raise LoweringError(f"int8 {name}: requant must be an OutputRange or None")
 
 
+def _check_acc_shift(acc_shift: int, requant: OutputRange | None) -> None:
+    if not 0 <= acc_shift <= 31:
+        raise LoweringError(f"int8: acc_shift {acc_shift} outside 0..31")
+    if acc_shift and requant is None:
+        raise LoweringError("int8: acc_shift needs the requant output stage (the shifted "
+                            "accumulator is int64)")
+
+
 @dataclass(frozen=True, slots=True)
 class Int8Spec:
     """One GEMM layer shape ``(M, K) x (K, N)``: weight bits (2..8, signed), activation dtype
@@ -114,6 +122,7 @@ class Int8Spec:
     requant: OutputRange | None = None
     MB: int = 0
     NB: int = 0
+    acc_shift: int = 0
 
     def __post_init__(self):
         if min(self.M, self.K, self.N) < 1:
@@ -127,6 +136,7 @@ class Int8Spec:
         if self.MB < 0 or self.NB < 0:
             raise LoweringError(f"int8: register block ({self.MB}, {self.NB}) must be >= 0")
         _check_output(self.requant, "GEMM")
+        _check_acc_shift(self.acc_shift, self.requant)
 
     @property
     def block(self) -> tuple[int, int]:
@@ -160,16 +170,18 @@ class PackedWeights:
     """Compile-time layer parameters in kernel layout.
 
     ``w`` (NO, KB, NB, 16, 4) int8 (module docstring; padding 0); ``offset`` (N,) int32:
-    ``bias - z_u * colsum(w)`` wrapped mod 2^32; ``mult``, ``shift`` (N,) int64 (empty in
-    accumulator-out mode)."""
+    ``bias - z_u * colsum(w)`` wrapped mod 2^32 (with ``acc_shift``: ``- z_u * colsum(w)``
+    only, and ``bias`` (N,) int64 is added after the shift); ``mult``, ``shift`` (N,) int64
+    (empty in accumulator-out mode)."""
 
     w: np.ndarray
     offset: np.ndarray
     mult: np.ndarray
     shift: np.ndarray
+    bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self):
-        for arr in (self.w, self.offset, self.mult, self.shift):
+        for arr in (self.w, self.offset, self.mult, self.shift, self.bias):
             arr.setflags(write=False)
 
 
@@ -210,16 +222,19 @@ def pack_weights(spec: Int8Spec, target: Target, w: np.ndarray, *, bias=None,
     bias = np.zeros(spec.N, np.int64) if bias is None else np.broadcast_to(
         np.asarray(bias, np.int64), (spec.N,))
     x_mag = max(a_hi - a_zero_point, a_zero_point - a_lo)
-    bound = spec.K * x_mag * max(-lo, hi) + (int(np.abs(bias).max()) if spec.N else 0)
+    bound = spec.K * x_mag * max(-lo, hi) + (
+        int(np.abs(bias).max()) if spec.N and not spec.acc_shift else 0)
     if bound > _INT32_MAX:
         raise LoweringError(
             f"int8: K={spec.K} with int{spec.w_bits} weights, {spec.a_dtype} activations "
             f"(zero point {a_zero_point}) and this bias may overflow the int32 accumulator "
             f"(bound {bound}); split K")
     z_u = a_zero_point + (128 if spec.a_dtype == "int8" else 0)
-    offset = (bias - z_u * w.sum(0)).astype(np.int32)  # wraps mod 2^32 (module docstring)
+    folded = 0 if spec.acc_shift else bias  # shifted: bias joins after the shift, in int64
+    offset = (folded - z_u * w.sum(0)).astype(np.int32)  # wraps mod 2^32 (module docstring)
     mult_a, shift_a = dyadic_params("int8", spec.requant, spec.N, mult, shift)
-    return PackedWeights(tile_weights(w.astype(np.int8), spec.block[1]), offset, mult_a, shift_a)
+    return PackedWeights(tile_weights(w.astype(np.int8), spec.block[1]), offset, mult_a, shift_a,
+                         bias.copy() if spec.acc_shift else np.zeros(0, np.int64))
 
 
 # -- TIR ----------------------------------------------------------------------------------------
@@ -316,12 +331,16 @@ _STORE_CHANNELS = """            for t in T.serial({NB}):
 
 
 def _store_text(N: int, requant: OutputRange | None, out_dtype: str, y_index: str,
-                guard_n: bool) -> str:
+                guard_n: bool, acc_shift: int = 0) -> str:
     """The epilogue statement for lane ``(mi, t, l)`` of block ``(o, mo)``: ``acc`` plus the
-    wrapped offset (unsigned add: wraps by definition), then requant (int64) or int32 out."""
+    wrapped offset (unsigned add: wraps by definition), shifted left by ``acc_shift`` plus
+    the int64 ``bias``, then requant (int64) or int32 out."""
     n = "((o * {NB} + t) * 16 + l)"
     acc = (f'T.Cast("int32", T.Cast("uint32", acc[mi, t, l]) + '
            f'T.Cast("uint32", offset[{n}]))')
+    if acc_shift:
+        acc = f'((T.Cast("int64", {acc}) << T.int64({acc_shift})) + bias[{n}])'
+
     if requant is None:
         value = acc
     else:
@@ -365,7 +384,7 @@ _PACKED_K = ("for kb in T.serial({KB}):", "kb", 'pack.vload([mo * {MB} + mi, kb 
 def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
                  out_shape, out_dtype: str, y_index: str, requant: OutputRange | None,
                  k_reads: tuple[str, str, str, str] = _PACKED_K,
-                 channel_major: bool = False) -> str:
+                 channel_major: bool = False, acc_shift: int = 0) -> str:
     """TVMScript of one layer: ``pack_loops`` (the statements that lay the activation bytes
     out, e.g. the GEMM's (MP, KP) ``pack``), the register-blocked GEMM with its K loop and
     reads ``k_reads`` (:data:`_PACKED_K`, or the direct conv's), and the epilogue."""
@@ -374,6 +393,8 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
     args = [f"x: {buf(in_shape, a_dtype)}",
             f'w: {buf((g.NO, g.KB, g.NB, LANES, GROUP), "int8")}',
             f'offset: {buf((g.N,), "int32")}']
+    if acc_shift:
+        args.append(f'bias: {buf((g.N,), "int64")}')
     if requant is not None:
         args += [f'mult: {buf((g.N,), "int64")}', f'shift: {buf((g.N,), "int64")}']
     args.append(f"y: {buf(out_shape, out_dtype)}")
@@ -381,7 +402,7 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
     # (a conv with <= 16*NB output channels)
     by_channel = g.NO > 1 or g.MP == g.MB
     guard_n = g.N % (g.NB * LANES) != 0
-    store = _store_text(g.N, requant, out_dtype, y_index, guard_n)
+    store = _store_text(g.N, requant, out_dtype, y_index, guard_n, acc_shift)
     kloop, kbi, a4, a1 = (r.replace("{KB}", str(g.KB)).replace("{MB}", str(g.MB))
                           for r in k_reads)
     update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
@@ -418,13 +439,15 @@ def _requant_te(requant: OutputRange, N: int, out_dtype: str):
 
 
 def gemm_source(spec: Int8Spec, target: Target) -> str:
-    """The TVMScript text of a GEMM layer (``main(x, w, offset, [mult, shift], y)``)."""
+    """The TVMScript text of a GEMM layer (``main(x, w, offset, [bias], [mult, shift], y)``;
+    ``bias`` with ``acc_shift`` only)."""
     g = _Gemm(spec.M, spec.K, spec.N, *spec.block)
     pack = _pack_loops(g, spec.a_dtype, f"m, k in T.grid({spec.M}, {spec.K})", "m", "k",
                        "x[m, k]")
     y_index = f"mo * {g.MB} + mi, (o * {g.NB} + t) * 16 + l"
     return _gemm_source(g, kernel_path(target, spec.w_bits), spec.in_shape, spec.a_dtype,
-                        pack, spec.out_shape, spec.out_dtype, y_index, spec.requant)
+                        pack, spec.out_shape, spec.out_dtype, y_index, spec.requant,
+                        acc_shift=spec.acc_shift)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -441,6 +464,8 @@ class Int8Kernel:
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
         params = [packed.w, packed.offset]
+        if getattr(self.spec, "acc_shift", 0):
+            params.append(packed.bias)
         if self.spec.requant is not None:
             params += [packed.mult, packed.shift]
         return bind_layer(self, params, family="int8", in_shape=self.spec.in_shape,
@@ -494,6 +519,7 @@ class ConvSpec:
     w_bits: int = 8
     a_dtype: str = "uint8"
     requant: OutputRange | None = None
+    acc_shift: int = 0
 
     def __post_init__(self):
         if min(self.B, self.C, self.H, self.W, self.OC, self.KH, self.KW, *self.stride) < 1:
@@ -504,6 +530,7 @@ class ConvSpec:
             raise LoweringError(f"int8 conv: a_dtype {self.a_dtype!r} / w_bits {self.w_bits} "
                                 f"unsupported; use {A_DTYPES} and 2..8")
         _check_output(self.requant, "conv")
+        _check_acc_shift(self.acc_shift, self.requant)
 
     @property
     def OH(self) -> int:
@@ -534,7 +561,7 @@ class ConvSpec:
     def gemm(self) -> Int8Spec:
         """The GEMM: M = B*OH*OW, K = C*KH*KQ, N = OC."""
         return Int8Spec(self.B * self.OH * self.OW, self.C * self.KH * self.KQ, self.OC,
-                        self.w_bits, self.a_dtype, self.requant)
+                        self.w_bits, self.a_dtype, self.requant, acc_shift=self.acc_shift)
 
     in_shape = property(lambda self: (self.B, self.C, self.H, self.W))
     out_shape = property(lambda self: (self.B, self.OC, self.OH, self.OW))
@@ -569,7 +596,8 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
     if spec.direct:
         return _gemm_source(g, path, spec.in_shape, spec.a_dtype, _xpad_loops(spec, zero_point),
                             spec.out_shape, spec.out_dtype, y_index, spec.requant,
-                            _direct_k_reads(spec, g), channel_major=True)
+                            _direct_k_reads(spec, g), channel_major=True,
+                            acc_shift=spec.acc_shift)
     HP, WP = spec.H + pt + pb, spec.W + pl + pr
     src, pad_text = "x", ""
     if any(spec.pads):  # pad once (zero point), so the im2col copy has no bounds checks
@@ -587,7 +615,8 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
                          f"{KH}, {KW})", f"(b * {OH} + oh) * {OW} + ow",
         f"(c * {KH} + kh) * {KW} + kw", f"{src}[b, c, oh * {sh} + kh, ow * {sw} + kw]")
     return _gemm_source(g, path, spec.in_shape, spec.a_dtype, pack, spec.out_shape,
-                        spec.out_dtype, y_index, spec.requant, channel_major=True)
+                        spec.out_dtype, y_index, spec.requant, channel_major=True,
+                        acc_shift=spec.acc_shift)
 
 
 def _xpad_width(spec: ConvSpec) -> int:

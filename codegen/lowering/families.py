@@ -8,8 +8,11 @@ scheduled GEMM, bit-exactly to the integer simulator (``runtime/kernels/quantize
 Two ways to place the output stage (:func:`plan_layer` picks; both exact):
 
 * **fused**  (``acc_shift == 0``, a non-binary requant or accumulator-out, QMatMul or the int8
-  family's own conv entries): the family's epilogue does it; bias and ``zx`` are folded into
-  its compile-time ``offset`` (``offset = bias − zx·colsum(w)`` in the family's terms).
+  family's own conv entries, or the bitserial direct conv): the family's epilogue does it;
+  bias and ``zx`` are folded into its compile-time ``offset`` (``offset = bias − zx·colsum(w)``
+  in the family's terms). The int8 family's GEMM and conv also take ``acc_shift > 0`` with a
+  requant: ``offset = −zx·colsum(w)`` and the epilogue computes ``(int64(D) << acc_shift) +
+  bias`` before the requant, as the split epilogue does.
 * **split**  (everything else): the family runs in accumulator-out mode with bias 0, so it
   returns the raw dot product ``D = Σ (x − zx)·w`` in int32 (its ``pack_weights`` proves
   ``|D|`` fits int32, else the family cannot take the layer), and a ``te`` epilogue computes
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +67,7 @@ class Operands:
     a_dtype: str
     w: np.ndarray
     target: object
+    acc_shift: int = 0  # nonzero only for a fused plan of a family that shifts (int8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +109,15 @@ def _int8_bits(ops: Operands) -> int:
 
 
 def _int8_gemm(ops: Operands, M, K, N, requant):
-    return _kernels("int8").Int8Spec(M, K, N, _int8_bits(ops), ops.a_dtype, requant)
+    return _kernels("int8").Int8Spec(M, K, N, _int8_bits(ops), ops.a_dtype, requant,
+                                     acc_shift=ops.acc_shift)
 
 
 def _int8_conv(ops: Operands, geo: ConvGeometry, requant):
     (B, C, H, W), (OC, _, KH, KW) = geo.x_shape, geo.w_shape
     return _kernels("int8").ConvSpec(B, C, H, W, OC, KH, KW, tuple(geo.strides),
-                                     tuple(geo.pads), _int8_bits(ops), ops.a_dtype, requant)
+                                     tuple(geo.pads), _int8_bits(ops), ops.a_dtype, requant,
+                                     ops.acc_shift)
 
 
 def _int8_depthwise(ops: Operands, geo: ConvGeometry, requant):
@@ -264,11 +270,14 @@ def plan_layer(node: Node, family: str, target) -> LayerPlan:
     ops = Operands(w_q, a_q, a_dtype, np.asarray(w_gemm), target)
     errors = []
     for layout in layouts:
-        fused_ok = a.acc_shift == 0 and not rq.binary and layout != "im2col"
+        # int8's GEMM / conv epilogue shifts the accumulator itself (int64, then the bias)
+        shifts = family == "int8" and layout in ("gemm", "conv") and not rq.accumulates
+        fused_ok = (a.acc_shift == 0 or shifts) and not rq.binary and layout != "im2col"
         fused_ok = fused_ok and not (geo is not None and _binary(a_q) and any(geo.pads))
         for fused in ((True, False) if fused_ok else (False,)):
             try:
-                return _make_plan(node, family, adapter, layout, fused, ops, geo, (M, K, N))
+                op = replace(ops, acc_shift=int(a.acc_shift) if fused else 0)
+                return _make_plan(node, family, adapter, layout, fused, op, geo, (M, K, N))
             except LoweringError as err:
                 errors.append(str(err))
     raise _refusal(node, family, errors[-1])
@@ -325,6 +334,8 @@ def _make_plan(node, family, adapter, layout, fused, ops, geo, gemm_shape) -> La
     weights = next(getattr(packed, f) for f in ("planes", "wq", "weights", "w")
                    if hasattr(packed, f))
     params = [weights, packed.offset]
+    if ops.acc_shift:
+        params.append(packed.bias)
     if requant is not None or family == "lut":  # lut always takes mult / shift
         params += [packed.mult, packed.shift] if requant is not None else \
             [np.zeros(N, np.int64), np.zeros(N, np.int64)]

@@ -56,7 +56,7 @@ def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
     packed = k8.pack_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult,
                              shift=shift)
     got = k8.build(spec, target)(x, packed)
-    acc = (x.astype(np.int64) - zx) @ w.astype(np.int64) + bias
+    acc = ((x.astype(np.int64) - zx) @ w.astype(np.int64) << spec.acc_shift) + bias
     assert got.dtype == np.dtype(spec.out_dtype)
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, spec.requant, 1))
     return got
@@ -82,6 +82,18 @@ def test_every_path_both_modes(target, bits, path):
     for out in (OUT, None):
         _check(k8.Int8Spec(3, 70, 35, bits, "uint8", out), rng, target)
         _check(k8.Int8Spec(1, 37, 16, bits, "int8", out), rng, target)
+
+
+@pytest.mark.parametrize("target", [HOST, AVX2, PLAIN], ids=["host", "avx2", "generic"])
+def test_acc_shift_in_the_epilogue(target):
+    """acc = (D << acc_shift) + bias in int64, then requant, inside the kernel (the bias is
+    not folded into the int32 offset); accumulator-out cannot shift (int32 out)."""
+    rng = np.random.default_rng(4)
+    for a_dtype in ("uint8", "int8"):
+        spec = k8.Int8Spec(5, 70, 35, 7, a_dtype, OUT, acc_shift=9)
+        _check(spec, rng, target, bias=rng.integers(-(1 << 29), 1 << 29, 35))
+    with pytest.raises(LoweringError, match="acc_shift needs the requant"):
+        k8.Int8Spec(5, 70, 35, 7, "uint8", None, acc_shift=9)
 
 
 def test_register_block_choices_agree():
