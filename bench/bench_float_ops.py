@@ -3,14 +3,19 @@
 Each case is a one-op ONNX model (the same file for every contender): imported with
 ``lowbit.compiler.onnx_import.import_onnx``, lowered with ``lowbit.codegen.lower`` and compiled
 twice for the ``x86`` host target: ``default`` (TVM 0.27's CPU pipeline, PrimFuncs left
-unscheduled) and ``lowbit`` (:func:`lowbit.codegen.build.relax_pipeline`, i.e. with
-``lowbit.codegen.schedules``). onnxruntime runs the same model. Same process, same thread
-count (``--threads``, default 1: ORT ``intra_op_num_threads``, ``TVM_NUM_THREADS``),
-cache-hot (same input every call), inputs resident. A round times ``--number`` back-to-back
-calls of each contender in turn (interleaved, so noise on a shared machine hits all alike);
-figures are medians over ``--repeat`` rounds. Outputs are checked against onnxruntime first.
+unscheduled, libm ``exp``) and ``lowbit`` (:func:`lowbit.codegen.build.relax_pipeline`, i.e.
+with ``lowbit.codegen.schedules`` and the fast float32 exp / sigmoid / softmax of
+``lowbit.codegen.schedules.fastmath``). Both share lowbit's lowering, so a float32 conv with
+constant weights is the output-channel-blocked ``packed_conv2d`` in both columns.
+onnxruntime runs the same model. Same process, same thread count (``--threads``, default 1:
+ORT ``intra_op_num_threads``, ``TVM_NUM_THREADS``), cache-hot (same input every call), inputs
+resident. A round times ``--number`` back-to-back calls of each contender in turn
+(interleaved, so noise on a shared machine hits all alike); figures are medians over
+``--repeat`` rounds. Outputs are checked against onnxruntime first.
 
-Run: ``python bench/bench_float_ops.py [--threads 1] [--only conv3x3 softmax]``.
+Run: ``python bench/bench_float_ops.py [--threads 1] [--only conv3x3 softmax]`` (``--only``
+takes substrings of the case names: conv3x3, depthwise3x3, maxpool, avgpool, hard-swish,
+sigmoid, softmax, layernorm, resize, elementwise).
 """
 
 from __future__ import annotations

@@ -17,13 +17,16 @@ from .target import Target, resolve_target
 
 
 def relax_pipeline(target: Target, schedule: bool = True):
-    """TVM's default Relax pipeline for ``target`` plus lowbit's CPU schedule rules on llvm
-    targets (``schedule=False``: without them, TVM's unscheduled default, for benchmarks)."""
+    """TVM's default Relax pipeline for ``target`` plus, on llvm targets, lowbit's fast float32
+    ``exp`` / ``sigmoid`` / ``softmax`` (:func:`lowbit.codegen.schedules.fastmath.fast_math_pass`,
+    before legalization) and CPU schedule rules (after legalization and fusion);
+    ``schedule=False``: without either, TVM's unscheduled default, for benchmarks."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     from .schedules import apply_cpu_schedules
+    from .schedules.fastmath import fast_math_pass
 
     tvm_target = target.tvm_target()
     if target.kind != "llvm" or not schedule:
@@ -33,7 +36,8 @@ def relax_pipeline(target: Target, schedule: bool = True):
     def pipeline(mod, _ctx):
         with tvm_target:
             seq = tvm.transform.Sequential(
-                cpu_generic.library_dispatch_passes(tvm_target)
+                [fast_math_pass()]
+                + cpu_generic.library_dispatch_passes(tvm_target)
                 + cpu_generic.legalize_passes(tvm_target)
                 + [apply_cpu_schedules()]
                 + cpu_generic.dataflow_lower_passes(tvm_target)

@@ -47,17 +47,84 @@ _CONV_T = {1: ("conv1d_transpose", "NCW", "IOW"), 2: ("conv2d_transpose", "NCHW"
 
 @register_lowering(Op.CONV)
 def conv(ctx, node):
-    """y = conv(x, w) + b (groups and depthwise via ``groups``; ONNX pads order kept)."""
+    """y = conv(x, w) + b (groups and depthwise via ``groups``; ONNX pads order kept). Float32
+    2-d convs with constant weights on llvm targets use :func:`packed_conv2d` (weights blocked
+    by output channel at compile time, see :func:`_packed_conv_lanes`), others ``relax.nn``."""
     R = _R()
     x, w, b = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
     a = node.attrs
     nd = len(a.strides)
     if nd not in _CONV:
         raise fail(node, f"{nd}-d convolution has no lowering; only 1-d, 2-d and 3-d")
+    lanes = _packed_conv_lanes(ctx, node)
+    if lanes:
+        packed = _pack_conv_weight(ctx.const_array(node, 1), lanes)
+        args = (x, ctx.constant(packed)) + (() if b is None else (b,))
+        return ctx.emit_te(packed_conv2d, *args, strides=a.strides, pads=a.pads,
+                           dilations=a.dilations, name="packed_conv2d")
     name, layout, klayout = _CONV[nd]
     y = getattr(R.nn, name)(x, w, strides=a.strides, padding=a.pads, dilation=a.dilations,
                             groups=a.group, data_layout=layout, kernel_layout=klayout)
     return y if b is None else R.add(ctx.bb.emit(y), _channel(b, nd + 2))
+
+
+def _packed_conv_lanes(ctx, node) -> int:
+    """The output-channel block of :func:`packed_conv2d` for ``node``, or 0 when the plain
+    NCHW lowering is used: llvm targets, float32, 2-d, group 1, a constant weight whose
+    output channels the float32 SIMD width divides, a kernel larger than 1×1 (1×1 convs stay
+    NCHW matrix products)."""
+    from ..schedules.analysis import vector_lanes
+
+    w = ctx.const_array(node, 1)
+    if ctx.target.kind != "llvm" or w is None or w.dtype != np.float32 or w.ndim != 4:
+        return 0
+    if node.attrs.group != 1 or w.shape[2] * w.shape[3] == 1:
+        return 0
+    if _dtype_of(ctx.input(node, 0)) != "float32":
+        return 0
+    lanes = vector_lanes(ctx.target.tvm_target(), 32)
+    return lanes if w.shape[0] % lanes == 0 else 0
+
+
+def _pack_conv_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """OIHW -> (O/lanes, I, H, W, lanes): ``packed[o, i, y, x, l] = w[o·lanes + l, i, y, x]``
+    (done once at compile time; weights are constants)."""
+    o, i, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(o // lanes, lanes, i, kh, kw).transpose(0, 2, 3, 4, 1))
+
+
+def packed_conv2d(x, w, b=None, *, strides, pads, dilations):
+    """TE: 2-d convolution with output-channel-blocked weights (:func:`_pack_conv_weight`).
+
+    ``y5[n,o,i,j,l] = Σ_{c,ky,kx} xp[n, c, i·sh + ky·dh, j·sw + kx·dw] · w[o, c, ky, kx, l]``
+    (``xp``: x zero-padded by ``pads``, ONNX order), then
+    ``y[n, o·L + l, i, j] = y5[n, o, i, j, l] (+ b[o·L + l])``: the conv accumulates ``L``
+    output channels in one SIMD vector (the contraction schedule's vector axis is ``l``, its
+    register rows are ``j``), the last block writes NCHW (and adds the bias)."""
+    from tvm import te
+
+    n, c, h, wd = (int(d) for d in x.shape)
+    blocks, _, kh, kw = (int(d) for d in w.shape[:4])
+    lanes = int(w.shape[4])
+    (sh, sw), (dh, dw) = strides, dilations
+    top, left, bottom, right = pads
+    oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + left + right - (kw - 1) * dw - 1) // sw + 1
+    xp = te.compute((n, c, h + top + bottom, wd + left + right),
+                    lambda b_, c_, i, j: te.if_then_else(
+                        te.all(i >= top, i < top + h, j >= left, j < left + wd),
+                        x[b_, c_, i - top, j - left], te.const(0.0, x.dtype)), name="pad")
+    rc = te.reduce_axis((0, c), "rc")
+    ry = te.reduce_axis((0, kh), "ry")
+    rx = te.reduce_axis((0, kw), "rx")
+    y5 = te.compute((n, blocks, oh, ow, lanes), lambda b_, o, i, j, l: te.sum(
+        xp[b_, rc, i * sh + ry * dh, j * sw + rx * dw] * w[o, rc, ry, rx, l],
+        axis=[rc, ry, rx]), name="conv")
+    if b is None:
+        return te.compute((n, blocks * lanes, oh, ow),
+                          lambda b_, f, i, j: y5[b_, f // lanes, i, j, f % lanes], name="nchw")
+    return te.compute((n, blocks * lanes, oh, ow),
+                      lambda b_, f, i, j: y5[b_, f // lanes, i, j, f % lanes] + b[f], name="nchw")
 
 
 @register_lowering(Op.CONV_TRANSPOSE)

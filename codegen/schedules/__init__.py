@@ -15,14 +15,21 @@ rule takes (or whose schedule a TVM primitive refuses) stays exactly as TVM lega
   stride-1 pooling windows, and the generic integer QConv / QMatMul te kernels — register
   tiled, vectorized, parallel, epilogues computed per tile;
 * ``row_reduction``, ``gemv``, ``bare_reduction`` (:mod:`.reduction`): softmax, layer norm,
-  reduce_*, global pools, strided pooling windows (dlight's CPU reduction / GEMV rules behind
-  a structural check, then a plain parallel rule);
+  reduce_*, global pools, strided pooling windows (float row sums as lane-split vector
+  reductions; otherwise dlight's CPU reduction / GEMV rules behind a structural check, then
+  a plain parallel rule);
 * ``injective`` (:mod:`.injective`): every block spatial — elementwise chains, broadcast,
   reshape / transpose, resize, pad, quantize / dequantize / requantize epilogues.
 
-Schedules never change results: integer kernels stay bit-exact (only loop structure moves);
-float kernels keep each output's summation order over the reduction axes (LLVM may contract a
-multiply-add into an FMA differently: last-bit differences).
+What a schedule may change: integer kernels stay bit-exact (only loop structure moves; no
+rule touches their arithmetic). Float kernels compute every output from the same expression;
+contractions keep each output's summation order (LLVM may contract a multiply-add into an
+FMA differently: last-bit differences); the ``row_reduction`` rule's lane-split float sums
+(softmax, layer norm, reduce_sum / mean over rows) add in a different order — P partial sums,
+then the partials — so results differ from the unscheduled kernel in the last bits (within
+float rounding of the sum; tests hold them to 1e-5 relative of onnxruntime). The float32
+``exp`` / ``sigmoid`` / ``softmax`` approximation (:mod:`.fastmath`) is a separate Relax pass,
+not a schedule.
 """
 
 from __future__ import annotations
