@@ -26,10 +26,13 @@ packing differ:
 Weights with uint activations in the bipolar-weight form (which need the per-row code sum ``U``)
 are not taken here; they stay on the im2col layout.
 
-CPU schedule: pack parallel over (plane, batch, word, row) with the row's pixels vectorized;
-pop as :mod:`.bitserial` (parallel over N tiles of ``n_tile`` channels, per tile the output
-pixels, plane pairs, taps and words, the tile's channels innermost as one vector), the out stage
-computed per tile.
+CPU schedule: pack parallel over (plane, batch, word, row), 16 pixels of a row per vector
+(measured on Zen 5, 58x58x64: 8 per vector 45 us, 16 12 us); pop as :mod:`.bitserial` (parallel
+over N tiles of ``n_tile`` channels, per tile the output pixels, plane pairs, taps and words, the
+tile's channels innermost as one vector, popcounts summed in 64-bit lanes), the out stage
+computed per output row of the tile, vectorized along the row (per pixel it was 8 scalar
+stores: 101 -> 80 us on 56x56x64). The pop runs at about one (XOR, popcount, add) per cycle;
+a Harley-Seal full adder over a kernel row's 3 taps (2 popcounts instead of 3) measured slower.
 """
 
 from __future__ import annotations
@@ -41,10 +44,6 @@ import numpy as np
 
 from ...ir.errors import LoweringError
 from ..target import Target
-#: lane type the conv's popcounts accumulate in: 64-bit lanes add without narrowing each
-#: ``vpopcntq`` result (int32 lanes cost a ``vpmovqd`` per tap-word)
-POP_DTYPE = "int64"
-
 from .bitserial import (
     BitserialSpec,
     OutputRange,
@@ -56,6 +55,10 @@ from .bitserial import (
     pack_weights,
     weight_planes,
 )
+
+#: lane type the conv's popcounts accumulate in: 64-bit lanes add without narrowing each
+#: ``vpopcntq`` result (int32 lanes cost a ``vpmovqd`` per tap-word)
+POP_DTYPE = "int64"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +250,8 @@ def _tir_func(spec: BitConvSpec, word_bits: int):
 
 
 def _schedule_cpu(func, spec: BitConvSpec, word_bits: int):
-    """Module docstring: pack vectorized over a row's pixels, pop parallel over N tiles."""
+    """Module docstring: pack vectorized over a row's pixels, pop parallel over N tiles, out
+    per output row."""
     import tvm
 
     sch = tvm.s_tir.Schedule(func)
@@ -258,11 +262,13 @@ def _schedule_cpu(func, spec: BitConvSpec, word_bits: int):
     sch.reorder(no, b, oh, ow, *reduce, ni)
     sch.vectorize(ni)
     sch.parallel(no)
-    sch.reverse_compute_at(out, no)
+    sch.reverse_compute_at(out, oh)
+    _, oi = sch.split(sch.get_loops(out)[-1], [None, 8])  # a row of one channel
+    sch.vectorize(oi)
     pack = sch.get_sblock("pack")
     i, b, t, h, w = sch.get_loops(pack)
     sch.parallel(sch.fuse(i, b, t, h))
-    _, wi = sch.split(w, [None, 8])
+    _, wi = sch.split(w, [None, 16])
     sch.vectorize(wi)
     return sch.mod
 
