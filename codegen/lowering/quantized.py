@@ -398,13 +398,18 @@ def qadd(ctx, node):
 
 
 @register_lowering(Op.REQUANTIZE)
-def requantize(ctx, node):
+def requantize(ctx, node, x=None):
     """``y = requant(x − zx)`` per the Requant stage (int64; channel axis ``requant.axis``); a
-    float input (binary requant only): ``y = clamp(x < 0 ? −1 : 1, lo, hi)``."""
+    float input (binary requant only): ``y = clamp(x < 0 ? −1 : 1, lo, hi)``. ``x``: a Relax
+    expression to apply the node's stage to instead of its input (an elementwise stage: any
+    shape of the same rank and channel count; the bitserial conv uses it to sign the unpadded
+    tensor and pad the codes itself)."""
     te, tirx = _te(), _tirx()
     rq = node.attrs.requant
-    x = ctx.input(node, 0)
-    shape = out_shape(node)
+    if x is None:
+        x, shape = ctx.input(node, 0), out_shape(node)
+    else:
+        shape = tuple(int(d) for d in x.ty.shape)
     dt = out_dtype(node)
     is_float = str(x.ty.dtype).startswith("float")
     if is_float and not rq.binary:

@@ -18,7 +18,7 @@ from lowbit.codegen.lowering.families import plan_layer
 from lowbit.codegen.select import candidates, select_kernels
 from lowbit.codegen.target import resolve_target
 from lowbit.compiler.recipes import preset
-from lowbit.ir import DType, Graph, LoweringError, Op, QKind, QType
+from lowbit.ir import FLOAT32, DType, Graph, LoweringError, Op, QKind, QType
 from lowbit.ir.attrs import QConvAttrs, QMatMulAttrs, Requant
 
 tvm = pytest.importorskip("tvm")
@@ -340,6 +340,56 @@ def test_binary_activations_padded_conv(stride, pads, binary_out):
     node.outputs[0].shape = (B, OC, (H + 4 - 5) // stride + 1, (W + 4 - 5) // stride + 1)
     assert plan_layer(node, "bitserial", host()).layout == "im2col"
     assert_bit_exact(dilated, {"x": x})
+
+
+@pytest.mark.parametrize("value,pads", [(1.0, (1, 1, 1, 1)), (-0.5, (0, 2, 1, 0))])
+def test_bitconv_pads_sign_codes_itself(value, pads):
+    """Pad(float, value) -> sign Requantize -> an unpadded w1a1 conv: the direct conv signs
+    the unpadded tensor and writes the border code sign(value) itself (no separate pad pass),
+    bit-exact to the simulator running the graph as written."""
+    from lowbit.codegen.lowering.families import _padded_sign
+    from lowbit.ir.attrs import PadAttrs, RequantizeAttrs
+
+    rng = np.random.default_rng(sum(pads))
+    B, C, H, W, OC, k = 2, 70, 5, 6, 9, 3
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
+    g = Graph("padsign")
+    f = g.add_input("f", FLOAT32, (B, C, H, W))
+    p = g.add_node(Op.PAD, [f], PadAttrs((0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]),
+                                         "constant", value), name="pad", outputs=["p"],
+                   out_types=[(FLOAT32, (B, C, Hp, Wp))]).outputs[0]
+    sign = Requant(0, (), (), 0, DType.int(2), -1, 1, binary=True)
+    s = g.add_node(Op.REQUANTIZE, [p], RequantizeAttrs(sign), name="sign", outputs=["s"],
+                   out_types=[(DType.int(2), (B, C, Hp, Wp))]).outputs[0]
+    s.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    wv = g.add_const(rng.choice([-1, 1], (OC, C, k, k)).astype(np.int8), "w")
+    wv.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), strides=(1, 1),
+                       pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=0)
+    node = g.add_node(Op.QCONV, [s, wv, g.add_const(np.zeros(OC, np.int32), "b")], attrs,
+                      name="qconv", outputs=["y"],
+                      out_types=[(DType.int(32), (B, OC, Hp - k + 1, Wp - k + 1))])
+    node.meta["kernel"] = "bitserial"
+    g.outputs = [node.outputs[0]]
+    assert _padded_sign(node) is not None
+    assert plan_layer(node, "bitserial", host()).layout == "bitconv"
+    feeds = {"f": rng.standard_normal((B, C, H, W)).astype(np.float32)}
+    feeds["f"][0, 0, 0, :3] = (0.0, -0.0, np.nan)  # sign(±0) = +1; NaN is not < 0: +1
+    assert_bit_exact(g, feeds)
+    names = [gv.name_hint for gv, _ in _lowered_functions(g)]
+    assert not [n for n in names if "pad" in n], names
+
+
+def _lowered_functions(g):
+    """The PrimFuncs of ``g`` after lowbit's Relax pipeline up to scheduling."""
+    from lowbit.codegen.build import relax_pipeline
+    from lowbit.codegen.lower import lower
+
+    target = host()
+    with target.tvm_target():
+        mod = relax_pipeline(target)(lower(g, target))
+    return [(gv, f) for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
 
 
 def test_arm64_graph_uses_neon_family_kernels():
