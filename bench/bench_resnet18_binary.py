@@ -28,9 +28,9 @@ ORT fp32). The 2-core machine is shared with other engineers: expect noise of te
 
 Profile (on unless ``--no-profile``): lowbit's compiled VM is instrumented
 (``VirtualMachine.set_instrument``) and the time of every kernel call is summed per kernel
-symbol and per category (binarized 3x3 QConv, sign quantization, int8 stem / downsample convs,
-residual QAdd, float ops (dequantize, pre-sign BatchNorm, pooling), memory builtins), single
-thread, so the report can say where the time goes.
+symbol and per category (:data:`_CATEGORIES`: binarized convs, sign-code glue, int8 stem /
+downsample / FC, residual QAdd, stem epilogue + max-pool, memory builtins), single thread, so the
+report can say where the time goes.
 
 Run: ``python bench/bench_resnet18_binary.py [--resolution 224] [--threads 2 1] [--no-tvm-fp32]``.
 """
@@ -209,34 +209,25 @@ def tvm_fp32_build(float_path: str, shape: tuple):
 
 
 # -- profile ------------------------------------------------------------------------------------
-_CATEGORIES = (  # (category, substrings of a kernel symbol); the earliest match in it wins
-    ("memory / VM builtins", ("vm.builtin",)),
-    ("sign quantize (pre-sign BN, pad, sign)", ("input_fq", "BatchNormalization", "Pad")),
-    ("int8 stem conv 7x7/2 (+ReLU)", ("stem_stem_0_Conv",)),
-    ("int8 downsample 1x1 convs", ("down_down_0_Conv",)),
-    ("binarized 3x3 QConv (w1a1) + fused epilogues (requant, residual QAdd)",
-     ("conv1_Conv_1", "conv2_Conv_1")),
-    ("residual QAdd", ("_Add",)),
-    ("int8 FC + logits dequantize", ("fc_Gemm", "logits")),
-    ("float: dequantize / pool / reshape", ("dequant", "Pool", "Reshape", "Flatten")),
+_CATEGORIES = (  # (category, test on a kernel symbol); the first that matches wins
+    ("memory / VM builtins", lambda s: "vm.builtin" in s),
+    ("binarized 3x3 convs: bit-pack + XNOR-popcount (bitserial direct conv)",
+     lambda s: s.startswith("bitserial_")),
+    ("int8 stem conv 7x7/2", lambda s: s.startswith("int8__stem")),
+    ("int8 downsample 1x1 convs", lambda s: s.startswith("int8_") and "down_down" in s),
+    ("int8 FC + logits dequantize", lambda s: "fc_Gemm" in s or "logits" in s),
+    ("sign codes: conv epilogue / residual stream -> dequantize -> pre-sign BN -> sign",
+     lambda s: "input_fq" in s),
+    ("residual QAdd (+ conv epilogues)", lambda s: "_Add" in s),
+    ("stem epilogue, ReLU, pad, max-pool (int32)",
+     lambda s: "stem" in s or "pool" in s.lower()),
 )
 
 
 def categorize(symbol: str) -> str:
-    """The category of a kernel symbol. A fused kernel is named after its nodes in order: one
-    that ends in a binary conv's ``im2col`` (bit-packing its input) is the sign / pad /
-    bit-pack step; otherwise the category whose key occurs first in the name."""
-    if "vm.builtin" in symbol:
-        return _CATEGORIES[0][0]
-    if "im2col" in symbol and "input_fq" in symbol:
-        return "dequantize + pre-sign BN + pad + sign + bit-pack (im2col)"
-    best, where = "other (pad, relu, maxpool, ...)", len(symbol) + 1
-    for category, keys in _CATEGORIES:
-        for key in keys:
-            at = symbol.find(key)
-            if 0 <= at < where:
-                best, where = category, at
-    return best
+    """The category of a kernel symbol (a fused kernel is named after its nodes in order):
+    the first of :data:`_CATEGORIES` whose test matches, else "other"."""
+    return next((name for name, test in _CATEGORIES if test(symbol)), "other")
 
 
 def profile_vm(ex, x, runs: int = 5) -> tuple[dict, dict, float]:
