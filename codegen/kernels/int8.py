@@ -33,7 +33,12 @@ weights stream contiguously. Kernel paths (:func:`kernel_path`):
                16 lanes, vectorized by LLVM. Measured in the object code: arm64 widens bytes
                with ``ushll``/``sshll`` and accumulates with NEON ``smlal``/``smlal2`` (no
                ``sdot``/``udot``: u8 x s8 needs ``usdot`` of ARMv8.6 i8mm); AVX2 with 8-bit
-               weights gets ``vpmovzxbd``/``vpmovsxbd`` + ``vpmaddwd`` (exact, 16-bit operands).
+               weights gets ``vpmovzxbd``/``vpmovsxbd`` + ``vpmaddwd`` (exact, 16-bit operands);
+* ``dp4a``     CUDA (``sm_80`` / ``sm_90``, :func:`gpu_func`): one thread per output,
+               ``__dp4a`` (s8 x s8, 4 products summed into int32) over the same packed
+               weights, activations as signed bytes ``s = u - 128`` (so the folded zero point
+               is ``z_u - 128``). The conv / depthwise entries stay CPU-only: on GPUs graphs
+               run dense convs as im2col + this GEMM and depthwise on the reference kernel.
 
 CPU schedule (TVMScript text per shape, see ``_GEMM_TEMPLATE``: TVM 0.27's ``tensorize``
 segfaults, so the instruction is placed by hand): parallel over blocks of ``NB`` tiles (output
@@ -79,6 +84,7 @@ __all__ = [
     "build_depthwise",
     "conv_source",
     "gemm_source",
+    "gpu_func",
     "kernel_path",
     "lower",
     "lower_conv",
@@ -155,9 +161,10 @@ class Int8Spec:
 
 
 def kernel_path(target: Target, w_bits: int) -> str:
-    """``vnni`` / ``avx2`` / ``generic`` for ``target`` and the weight width (module doc)."""
+    """``vnni`` / ``avx2`` / ``generic`` / ``dp4a`` (CUDA) for ``target`` and the weight width
+    (module doc)."""
     if target.is_gpu:
-        raise LoweringError(f"int8: target {target.name} is a GPU; the int8 family is CPU-only")
+        return "dp4a"
     if "avx512_vnni" in target.features:
         return "vnni"
     if "avx2" in target.features and w_bits <= 7:
@@ -202,9 +209,12 @@ def pack_weights(spec: Int8Spec, target: Target, w: np.ndarray, *, bias=None,
     """Compile-time packing of ``w`` (K, N) integer weight values (int2..int8 range of
     ``spec.w_bits``; lower-bit weights are stored one per byte) and the folded ``offset``.
 
+    The weight layout is the same on every path; the folded zero point is not: CPU paths
+    multiply bytes ``u`` (``z_u``), CUDA multiplies signed bytes ``s = u - 128`` with
+    ``__dp4a`` (``z_s = z_u - 128``; :func:`gpu_func`).
+
     Raises :class:`LoweringError` when a weight is out of range, when the activation zero
     point is out of its dtype's range, or when ``|acc|`` could leave int32."""
-    del target  # one layout for every path
     w = np.asarray(w)
     if w.shape != (spec.K, spec.N) or w.dtype.kind not in "iu":
         raise LoweringError(
@@ -230,6 +240,8 @@ def pack_weights(spec: Int8Spec, target: Target, w: np.ndarray, *, bias=None,
             f"(zero point {a_zero_point}) and this bias may overflow the int32 accumulator "
             f"(bound {bound}); split K")
     z_u = a_zero_point + (128 if spec.a_dtype == "int8" else 0)
+    if target.is_gpu:  # __dp4a multiplies s8 x s8: the kernel's operand is s = u - 128
+        z_u -= 128
     folded = 0 if spec.acc_shift else bias  # shifted: bias joins after the shift, in int64
     offset = (folded - z_u * w.sum(0)).astype(np.int32)  # wraps mod 2^32 (module docstring)
     mult_a, shift_a = dyadic_params("int8", spec.requant, spec.N, mult, shift)
@@ -441,6 +453,8 @@ def _requant_te(requant: OutputRange, N: int, out_dtype: str):
 def gemm_source(spec: Int8Spec, target: Target) -> str:
     """The TVMScript text of a GEMM layer (``main(x, w, offset, [bias], [mult, shift], y)``;
     ``bias`` with ``acc_shift`` only)."""
+    if target.is_gpu:
+        raise LoweringError(f"int8: {target.name} has no TVMScript CPU GEMM; use gpu_func")
     g = _Gemm(spec.M, spec.K, spec.N, *spec.block)
     pack = _pack_loops(g, spec.a_dtype, f"m, k in T.grid({spec.M}, {spec.K})", "m", "k",
                        "x[m, k]")
@@ -463,6 +477,9 @@ class Int8Kernel:
 
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
+        if self.target.is_gpu:
+            raise LoweringError(f"int8: kernel built for {self.target.name} cannot run on this "
+                                f"host's CPU; load the compiled module on a GPU")
         params = [packed.w, packed.offset]
         if getattr(self.spec, "acc_shift", 0):
             params.append(packed.bias)
@@ -476,10 +493,133 @@ class Int8Kernel:
         return self.bind(packed)(x)
 
 
+# -- CUDA ---------------------------------------------------------------------------------------
+#: threads per CUDA block (one output (m, n) per thread; consecutive threads, consecutive n)
+GPU_THREADS = 128
+
+
+def _dp4a_emulated(a, b, acc):
+    """``__dp4a(a, b, acc)`` as CUDA defines it, for a CPU build of :func:`gpu_func`: the four
+    signed bytes of each int32 word (byte i = bits 8i..8i+7), multiplied pairwise and added
+    to ``acc`` (int32)."""
+    from tvm.script import tirx as T
+
+    total = acc
+    for i in range(GROUP):
+        a_i = T.Cast("int32", T.Cast("int8", a >> T.int32(8 * i)))  # truncate, sign-extend
+        b_i = T.Cast("int32", T.Cast("int8", b >> T.int32(8 * i)))
+        total = total + a_i * b_i
+    return total
+
+
+def gpu_func(spec: Int8Spec, bind_threads: bool = True):
+    """The CUDA GEMM as a PrimFunc ``main(x, w, offset, [bias], [mult, shift], y)`` over the
+    CPU paths' packed weights (``w`` (NO, KB, NB, 16, 4) int8: a channel's 4 weights of one
+    K group are one little-endian int32 word).
+
+    Two kernels: ``xs[m, k] = int8(u[m, k] - 128)`` (zero padded to ``KB * 4``; uint8 codes
+    ``x ^ 0x80``, int8 codes as they are), then one thread per output ``(m, n)``::
+
+        acc = sum_kb __dp4a(xs[m, 4kb : 4kb+4], w[o, kb, t, l, 0:4], acc)    (s8 x s8 -> s32)
+        y[m, n] = epilogue(acc + offset[n])         (offset = bias - z_s colsum(w), z_s = z_u - 128)
+
+    with the CPU paths' epilogue (``acc_shift``, int64 requant). Exact without wrapping: every
+    partial sum is at most ``K * 128 * max|w|`` <= the bound :func:`pack_weights` checks.
+    ``bind_threads=False`` gives the same loops serial, with ``__dp4a`` replaced by its
+    definition (:func:`_dp4a_emulated`) over the same int32 words, so the formula the GPU runs
+    is checked bit-exactly on a CPU (``tvm.compile`` for llvm)."""
+    from tvm.script import tirx as T
+
+    M, K, N, NB = spec.M, spec.K, spec.N, spec.block[1]
+    KB, THREADS = -(-K // GROUP), GPU_THREADS
+    KP, NO = KB * GROUP, -(-N // (NB * LANES))
+    ADT, ODT, SH = spec.a_dtype, spec.out_dtype, spec.acc_shift
+    REQ = spec.requant is not None
+    ZY, LO, HI = (spec.requant.zero_point, spec.requant.lo, spec.requant.hi) if REQ else (0, 0, 0)
+    XB, YB = -(-M * KP // THREADS), -(-M * N // THREADS)
+
+    def loop(extent, thread):
+        if bind_threads:
+            return T.thread_binding(extent, thread=thread)
+        return T.serial(extent)
+
+    def signed_byte(v):
+        """The kernel operand ``s = u - 128`` of an activation code, as int8."""
+        if ADT == "uint8":
+            return T.reinterpret("int8", v ^ T.uint8(128))
+        return v
+
+    def dot4(xs, w, m, kb, n, acc):
+        a = T.reinterpret("int32", xs.vload([m, kb * GROUP], "int8x4"))
+        b = T.reinterpret("int32", w.vload([n // (NB * LANES), kb, n // LANES % NB, n % LANES, 0],
+                                           "int8x4"))
+        if bind_threads:
+            return T.call_pure_extern("int32", "__dp4a", a, b, acc)
+        return _dp4a_emulated(a, b, acc)
+
+    def output(acc, n, offset, bias, mult, shift):
+        """The CPU paths' epilogue (:func:`_store_text`): wrapped offset add, acc_shift, requant."""
+        v = T.Cast("int32", T.Cast("uint32", acc) + T.Cast("uint32", offset[n]))
+        if SH:
+            v = (T.Cast("int64", v) << T.int64(SH)) + bias[n]
+        if not REQ:
+            return v
+        s = shift[n]
+        r = (T.Cast("int64", v) * mult[n] + ((T.int64(1) << s) >> T.int64(1))) >> s
+        return T.Cast(ODT, T.max(T.min(r + T.int64(ZY), T.int64(HI)), T.int64(LO)))
+
+    @T.macro
+    def body(x, w, offset, bias, mult, shift, y):
+        xs = T.alloc_buffer((M, KP), "int8")
+        for bx in loop(XB, "blockIdx.x"):
+            for tx in loop(THREADS, "threadIdx.x"):
+                if bx * THREADS + tx < M * KP:
+                    m = T.meta_var((bx * THREADS + tx) // KP)
+                    k = T.meta_var((bx * THREADS + tx) % KP)
+                    xs[m, k] = T.if_then_else(k < K, signed_byte(x[m, T.min(k, K - 1)]),
+                                              T.int8(0))
+        for bx in loop(YB, "blockIdx.x"):
+            for tx in loop(THREADS, "threadIdx.x"):
+                if bx * THREADS + tx < M * N:
+                    acc = T.alloc_buffer((1,), "int32", scope="local")
+                    m = T.meta_var((bx * THREADS + tx) // N)
+                    n = T.meta_var((bx * THREADS + tx) % N)
+                    acc[0] = 0
+                    for kb in range(KB):
+                        acc[0] = dot4(xs, w, m, kb, n, acc[0])
+                    y[m, n] = output(acc[0], n, offset, bias, mult, shift)
+
+    XS, WS = (M, K), (NO, KB, NB, LANES, GROUP)
+    if SH:
+        @T.prim_func
+        def main(x: T.Buffer(XS, ADT), w: T.Buffer(WS, "int8"), offset: T.Buffer((N,), "int32"),
+                 bias: T.Buffer((N,), "int64"), mult: T.Buffer((N,), "int64"),
+                 shift: T.Buffer((N,), "int64"), y: T.Buffer((M, N), ODT)):
+            T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+            body(x, w, offset, bias, mult, shift, y)
+    elif REQ:
+        @T.prim_func
+        def main(x: T.Buffer(XS, ADT), w: T.Buffer(WS, "int8"), offset: T.Buffer((N,), "int32"),
+                 mult: T.Buffer((N,), "int64"), shift: T.Buffer((N,), "int64"),
+                 y: T.Buffer((M, N), ODT)):
+            T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+            body(x, w, offset, None, mult, shift, y)
+    else:
+        @T.prim_func
+        def main(x: T.Buffer(XS, ADT), w: T.Buffer(WS, "int8"), offset: T.Buffer((N,), "int32"),
+                 y: T.Buffer((M, N), ODT)):
+            T.func_attr({"tirx.noalias": True, "global_symbol": "main"})
+            body(x, w, offset, None, None, None, y)
+    return main
+
+
 def lower(spec: Int8Spec, target: Target):
-    """The layer's TIR module (before ``tvm.compile``)."""
+    """The layer's TIR module (before ``tvm.compile``): the TVMScript GEMM on CPU targets,
+    :func:`gpu_func` on CUDA."""
     import tvm
 
+    if target.is_gpu:
+        return tvm.IRModule({"main": gpu_func(spec)})
     return tvm.IRModule({"main": tvm.script.from_source(gemm_source(spec, target))})
 
 
@@ -582,9 +722,19 @@ def pack_conv_weights(spec: ConvSpec, target: Target, w: np.ndarray, *, bias=Non
                         a_zero_point=a_zero_point, mult=mult, shift=shift)
 
 
+def _refuse_gpu_conv(target: Target, entry: str) -> None:
+    """The conv / depthwise entries have CPU schedules only; on CUDA a graph runs a dense
+    conv as im2col + :func:`gpu_func` (``lowering/families.py``), depthwise on the reference
+    kernel."""
+    if target.is_gpu:
+        raise LoweringError(f"int8 {entry}: no {target.name} schedule for this entry; on GPUs "
+                            f"run dense convs as im2col + the int8 GEMM (int8.build)")
+
+
 def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
     """TVMScript of a dense conv (im2col or direct, :attr:`ConvSpec.direct`); the epilogue
     writes NCHW."""
+    _refuse_gpu_conv(target, "conv")
     g_spec = spec.gemm
     g = _Gemm(g_spec.M, g_spec.K, g_spec.N, *g_spec.block)
     (sh, sw), (pt, pl, pb, pr) = spec.stride, spec.pads
@@ -784,6 +934,7 @@ def lower_depthwise(spec: DepthwiseSpec, target: Target, zero_point: int = 0):
     output row the ``ow`` loop vectorized with the taps unrolled, requant fused."""
     import tvm
 
+    _refuse_gpu_conv(target, "depthwise")
     sch = tvm.s_tir.Schedule(_depthwise_func(spec, zero_point))
     out = sch.get_sblock("out")
     gemm = sch.get_sblock("gemm")
@@ -814,8 +965,6 @@ def build_depthwise(spec: DepthwiseSpec, target: Target, zero_point: int) -> Int
 def _build_dw_cached(spec: DepthwiseSpec, target: Target, zero_point: int) -> Int8Kernel:
     import tvm
 
-    if target.is_gpu:
-        raise LoweringError(f"int8: target {target.name} is a GPU; the int8 family is CPU-only")
     mod = lower_depthwise(spec, target, zero_point)
     return Int8Kernel(spec, target, "generic", tvm.compile(mod, target=target.tvm_dict()))
 

@@ -58,7 +58,14 @@ loop is parallel over N tiles (TVM thread pool; see
 quads: ``JG`` planes (3, 2 or 1, dividing the plane count; their uint16 accumulators must fit
 the 1 KiB stack-allocation limit) share each table load (15 % faster than one plane at a
 time). The requant epilogue is vectorized per full tile. x86 (AVX2 / AVX-512) and arm64
-(NEON ``tbl``) paths exist; CUDA is not supported by this family.
+(NEON ``tbl``) paths exist.
+
+CUDA (``sm_80`` / ``sm_90``, :func:`gpu_func`): the same 64-lane packed weights and the same
+tables, as a TE compute: one kernel builds every row's tables (one thread per entry, with
+``T_lo + 16 T_hi`` stored as one int32 entry), then one thread per output sums ``c_j`` times
+the looked-up entries in int32 (no uint16 chunks: a GPU thread has no byte lanes to keep
+narrow) and runs the requant epilogue. The tables are shared by every thread of a row and
+read through the cache.
 """
 
 from __future__ import annotations
@@ -80,6 +87,9 @@ MAX_W_BITS = 4
 #: quads (16 activations) accumulated in uint16 between widenings: 256 * 240 <= 65535
 CHUNK_QUADS = 256
 _QUAD_MAX = 4 * 4 * 15  # four lookups of a table entry <= 60
+#: the weight tile of CUDA targets: the AVX-512 layout (:func:`pack_planes`), so x86 hosts and
+#: GPUs share packed weights; on a GPU it only fixes where a channel's nibbles sit
+GPU_LANES = 64
 _INT32_MAX = (1 << 31) - 1
 
 assert CHUNK_QUADS * _QUAD_MAX <= 0xFFFF and _QUAD_MAX <= 0xFF
@@ -227,10 +237,10 @@ class Isa:
 
 
 def isa_for(target: Target) -> Isa:
-    """AVX-512 (BW) ``vpshufb`` x 64, AVX2 ``vpshufb`` x 32, NEON ``tbl`` x 16; else an error."""
+    """AVX-512 (BW) ``vpshufb`` x 64, AVX2 ``vpshufb`` x 32, NEON ``tbl`` x 16; CUDA: the
+    64-lane layout and no instruction (:func:`gpu_func` loads table entries); else an error."""
     if target.is_gpu:
-        raise LoweringError(f"lut: no CUDA path for target {target.name}; the LUT family is "
-                            f"CPU-only (x86 AVX2/AVX-512, arm64 NEON)")
+        return Isa(GPU_LANES, "")
     if "avx512f" in target.features:
         return Isa(64, "llvm.x86.avx512.pshuf.b.512")
     if "avx2" in target.features:
@@ -493,6 +503,9 @@ class LutKernel:
 
     def bind(self, packed: PackedWeights) -> BoundLayer:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
+        if self.target.is_gpu:
+            raise LoweringError(f"lut: kernel built for {self.target.name} cannot run on this "
+                                f"host's CPU; load the compiled module on a GPU")
         isa = isa_for(self.target)
         spec = self.spec
         expect = (-(-spec.N // isa.lanes), len(spec.decomposition.coeffs), -(-spec.K // 16) * 2,
@@ -517,9 +530,15 @@ def kernel_key(spec: LutSpec) -> KernelKey:
 
 def lower(spec: LutSpec, target: Target):
     """The IRModule for ``spec`` on ``target`` (before ``tvm.compile``)."""
+    return _lower_key(kernel_key(spec), target)
+
+
+def _lower_key(key: KernelKey, target: Target):
     import tvm
 
-    return tvm.IRModule({"main": _prim_func(kernel_key(spec), isa_for(target))})
+    if target.is_gpu:
+        return tvm.IRModule({"main": _gpu_func(key, True)})
+    return tvm.IRModule({"main": _prim_func(key, isa_for(target))})
 
 
 def build(spec: LutSpec, target: Target) -> LutKernel:
@@ -531,8 +550,117 @@ def build(spec: LutSpec, target: Target) -> LutKernel:
 def _build_cached(key: KernelKey, target: Target):
     import tvm
 
-    mod = tvm.IRModule({"main": _prim_func(key, isa_for(target))})
-    return tvm.compile(mod, target=target.tvm_dict())
+    return tvm.compile(_lower_key(key, target), target=target.tvm_dict())
+
+
+# -- CUDA -----------------------------------------------------------------------------------
+#: threads per CUDA block (consecutive threads: consecutive output channels of one row)
+GPU_THREADS = 64
+
+
+def gpu_func(spec: LutSpec, bind_threads: bool = True):
+    """The CUDA layer as a TE compute -> PrimFunc ``main(x, wq, offset, mult, shift, y)`` over
+    the CPU layout (``wq`` (NT, B, P, :data:`GPU_LANES`), :func:`pack_planes`). Blocks:
+
+    * ``code``   ``u[m, k]`` int32 (int8 codes ``x ^ 0x80``), zero past K;
+    * ``table``  per row and group of 4 activations the 16-entry table
+                 ``T[m, g, v] = sum_{i<4} bit_i(v) u[m, 4g + i]`` (``T_lo + 16 T_hi`` of the
+                 module docstring in one entry: a GPU has no byte-lane limit to respect);
+    * ``usum``   ``U[m] = sum_k u[m, k]`` (bipolar weights only);
+    * ``lookup`` ``S[m, n] = sum_{j, p, h} c_j T[m, 2p + h, nibble_h(wq[n // L, j, p,
+                 lane(n % L)])]`` (int32; exact, every partial sum within the bound
+                 :func:`pack_weights` checks);
+    * ``out``    ``acc = S + C U[m] + offset[n]``, then the int64 requant.
+
+    GPU schedule: ``table`` one thread per entry; ``lookup`` one thread per output (threads of
+    a block share a row, so the row's tables are read through the cache), with ``out`` in the
+    same thread and ``S`` in a register (bipolar weights: ``usum`` and ``out`` are kernels of
+    their own, as ``out`` reads ``U``). ``bind_threads=False`` returns the unscheduled
+    PrimFunc, which ``tvm.compile`` builds for llvm: the formula the GPU runs, checked on a
+    CPU."""
+    return _gpu_func(kernel_key(spec), bind_threads)
+
+
+def _gpu_func(key: KernelKey, bind_threads: bool):
+    import tvm
+    from tvm import te, tirx
+
+    M, K, N, L = key.M, key.K, key.N, GPU_LANES
+    a_dtype = "int8" if key.a_signed else "uint8"
+    coeffs, const = key.decomposition.coeffs, key.decomposition.const
+    B, QD = len(coeffs), -(-K // 16)
+    G, P, NT = QD * 4, QD * 2, -(-N // L)
+    x = te.placeholder((M, K), a_dtype, name="x")
+    wq = te.placeholder((NT, B, P, L), "uint8", name="wq")
+    offset = te.placeholder((N,), "int32", name="offset")
+    mult = te.placeholder((N,), "int64", name="mult")
+    shift = te.placeholder((N,), "int64", name="shift")
+
+    def code(m, k):
+        v = x[m, tirx.min(k, K - 1)]
+        if key.a_signed:
+            v = tirx.reinterpret("uint8", v) ^ tirx.const(128, "uint8")
+        return tirx.if_then_else(k < K, v.astype("int32"), tirx.const(0, "int32"))
+    u = te.compute((M, G * 4), code, name="code")
+    table = te.compute((M, G, 16), lambda m, g, v: sum(
+        ((v >> i) & 1) * u[m, 4 * g + i] for i in range(4)), name="table")
+
+    def coeff(j):
+        expr = tirx.const(coeffs[-1], "int32")
+        for idx in range(B - 2, -1, -1):
+            expr = tirx.Select(j == idx, tirx.const(coeffs[idx], "int32"), expr)
+        return expr
+
+    blocks = ["code", "table"]
+    if const:  # U[m] for the bipolar constant term
+        kk = te.reduce_axis((0, G * 4), name="kk")
+        usum = te.compute((M,), lambda m: te.sum(u[m, kk], axis=kk), name="usum")
+        blocks.append("usum")
+    j = te.reduce_axis((0, B), name="j")
+    p = te.reduce_axis((0, P), name="p")
+    h = te.reduce_axis((0, 2), name="h")
+
+    def lookup(m, n):
+        c = n % L
+        lane = c % (L // 2) * 2 + c // (L // 2)  # inverse of lane_channels
+        nibble = (wq[n // L, j, p, lane].astype("int32") >> (4 * h)) & 15
+        return te.sum(coeff(j) * table[m, 2 * p + h, nibble], axis=[j, p, h])
+    dot = te.compute((M, N), lookup, name="lookup")
+
+    def output(m, n):
+        acc = dot[m, n] + offset[n]
+        if const:
+            acc = acc + tirx.const(const, "int32") * usum[m]
+        if key.requant is None:
+            return acc
+        r, one = key.requant, tirx.const(1, "int64")
+        v = (acc.astype("int64") * mult[n] + ((one << shift[n]) >> one)) >> shift[n]
+        v = v + tirx.const(r.zero_point, "int64")
+        v = tirx.max(tirx.min(v, tirx.const(r.hi, "int64")), tirx.const(r.lo, "int64"))
+        return v.astype(r.dtype)
+    y = te.compute((M, N), output, name="out")
+    func = te.create_prim_func([x, wq, offset, mult, shift, y])
+    if not bind_threads:
+        return func
+    sch = tvm.s_tir.Schedule(func)
+    sch.compute_inline(sch.get_sblock("code"))
+    for name in blocks[1:] + ["lookup"]:
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        spatial = {"table": 3, "usum": 1, "lookup": 2}[name]
+        bx, tx = sch.split(sch.fuse(*loops[:spatial]), [None, GPU_THREADS])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    lookup_block = sch.get_sblock("lookup")
+    sch.decompose_reduction(lookup_block, sch.get_loops(lookup_block)[2])  # S = 0 once
+    if const:  # the epilogue also reads U, made by another kernel: a kernel of its own
+        bx, tx = sch.split(sch.fuse(*sch.get_loops(sch.get_sblock("out"))), [None, GPU_THREADS])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    else:  # the epilogue in the lookup's thread, S in a register
+        sch.reverse_compute_at(sch.get_sblock("out"), tx)
+        sch.set_scope(lookup_block, 0, "local")
+    return sch.mod["main"]
 
 
 # -- registry entry -------------------------------------------------------------------------

@@ -29,7 +29,8 @@ Two variants (:data:`VARIANTS`):
   (``vpshufb``) to int8 values and fed to an int8 dot product (AVX-512 VNNI ``vpdpbusd``: 64
   u8 x s8 products per instruction). ``2^7 = 128`` does not fit int8, so exactly ``t <= 6``:
   pow2 2 and 3 bits (both), 4 bits with a zero code only; wider formats are refused with
-  :class:`LoweringError`. x86 with AVX-512 VNNI only (no ARM path: refused elsewhere).
+  :class:`LoweringError`. On CPUs x86 with AVX-512 VNNI only (no ARM path: refused on
+  other CPUs); on CUDA it runs the shift-add compute below over its own layout.
 
 Layouts: ``shift``: ``(NB, ceil(K / per_byte), 64)`` uint8, channel ``n`` at
 ``[n // 64, :, n % 64]``; ``int8``: ``(NB, KP / 8, 4, 64)`` uint8 (``KP`` = K rounded up to
@@ -46,6 +47,10 @@ activation row; one ``vpdpbusd`` does 64 products and the nibble decode (and, sh
 ``vpshufb``) is shared by 128 products and by every row of the tile. Both stream 4-bit
 weights. Shift-add pays off where multipliers cost area or energy (FPGA / ASIC), not on a CPU
 with int8 dot-product instructions; measured numbers are in ``bench/bench_shiftadd.py``.
+
+CUDA (``sm_80`` / ``sm_90``, :func:`gpu_func`): both variants, over the same packed weights as
+on the CPU, as one TE compute (``acc += +-(u << s)`` per weight field read from the variant's
+layout: shifts, no multiplies) with one thread per output and the epilogue in that thread.
 """
 
 from __future__ import annotations
@@ -275,23 +280,39 @@ def _requant_expr(spec: ShiftAddSpec, acc, mult, shift):
 
 
 def _shift_func(spec: ShiftAddSpec):
-    """The shift variant as TE -> PrimFunc (unscheduled). Blocks: ``xpad`` (zero-padded int32
-    activations), ``dot`` (``sum_k +-(u << s)``), ``out`` (offset, requant)."""
+    """The shift-add layer as TE -> PrimFunc (unscheduled). Blocks: ``xpad`` (zero-padded int32
+    activations ``u``), ``dot`` (``sum_k +-(u << s)``), ``out`` (offset, requant). Reads the
+    weight fields from the ``spec.variant``'s layout: the CPU schedules the ``shift`` variant
+    (:func:`_schedule_shift`), CUDA both (:func:`gpu_func`; ``int8`` layout: the nibble at
+    ``[k // 8, n % 64 // 16, 4 (n % 16) + k % 4]``, high for ``k % 8 >= 4``, and ``u = x + 128``
+    for int8 codes)."""
     from tvm import te, tirx
 
     M, K, N, KP, T = spec.M, spec.K, spec.N, spec.k_padded, BLOCK
     pb, bits = spec.per_byte, spec.w_bits
     smask = (1 << (bits - 1)) - 1
+    int8_layout = spec.variant == "int8"
     x = te.placeholder((M, K), spec.a_dtype, name="x")
-    wt = te.placeholder((spec.n_blocks, KP // pb, T), "uint8", name="weights")
+    wt = te.placeholder((spec.n_blocks, KP // 8, 4, T) if int8_layout else
+                        (spec.n_blocks, KP // pb, T), "uint8", name="weights")
     offset = te.placeholder((N,), "int32", name="offset")
+
+    def code(m, k):
+        v = x[m, tirx.min(k, K - 1)]
+        if int8_layout and spec.a_signed:  # u = x + 128 (the variant's uint8 operand)
+            v = tirx.reinterpret("uint8", v) ^ tirx.const(128, "uint8")
+        return v.astype("int32")
     xpad = te.compute((M, KP), lambda m, k: tirx.if_then_else(
-        k < K, x[m, tirx.min(k, K - 1)].astype("int32"), tirx.const(0, "int32")), name="xpad")
+        k < K, code(m, k), tirx.const(0, "int32")), name="xpad")
     k = te.reduce_axis((0, KP), name="k")
 
     def term(m, n):
-        byte = wt[n // T, k // pb, n % T].astype("int32")
-        field = (byte >> ((k % pb) * 4)) & ((1 << bits) - 1) if pb == 2 else byte
+        if int8_layout:
+            byte = wt[n // T, k // 8, n % T // 16, n % 16 * 4 + k % 4].astype("int32")
+            field = (byte >> (k % 8 // 4 * 4)) & ((1 << bits) - 1)
+        else:
+            byte = wt[n // T, k // pb, n % T].astype("int32")
+            field = (byte >> ((k % pb) * 4)) & ((1 << bits) - 1) if pb == 2 else byte
         s = field & smask
         v = xpad[m, k] << s
         if not spec.zero_free:  # the all-ones s field is the zero weight
@@ -539,15 +560,45 @@ def _shift16_func(spec: ShiftAddSpec):
     return _entry(spec, body, (NB, KP // 2, 64))
 
 
+# -- CUDA -----------------------------------------------------------------------------------
+#: threads per CUDA block (consecutive threads: consecutive output channels of one row)
+GPU_THREADS = 64
+
+
+def gpu_func(spec: ShiftAddSpec, bind_threads: bool = True):
+    """The CUDA layer, either variant, over its CPU weight layout: :func:`_shift_func`'s TE
+    compute (``acc += +-(u << s)`` per weight field, no multiplies; int32, exact within the
+    bound :func:`pack_weights` checks), scheduled with one thread per padded activation for
+    ``xpad`` and one thread per output for ``dot``, the epilogue in the same thread with the
+    accumulator in a register. ``bind_threads=False`` returns the unscheduled PrimFunc, which
+    ``tvm.compile`` builds for llvm: the formula the GPU runs, checked on a CPU."""
+    import tvm
+
+    func = _shift_func(spec)
+    if not bind_threads:
+        return func
+    sch = tvm.s_tir.Schedule(func)
+    for name in ("xpad", "dot"):
+        block = sch.get_sblock(name)
+        bx, tx = sch.split(sch.fuse(*sch.get_loops(block)[:2]), [None, GPU_THREADS])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    dot = sch.get_sblock("dot")
+    sch.decompose_reduction(dot, sch.get_loops(dot)[2])
+    sch.reverse_compute_at(sch.get_sblock("out"), tx)
+    sch.set_scope(dot, 0, "local")
+    return sch.mod["main"]
+
+
 def lower(spec: ShiftAddSpec, target: Target):
     """The scheduled IRModule for ``spec`` on ``target`` (before ``tvm.compile``).
 
-    shift: any LLVM CPU target (x86, arm64). int8: x86 with AVX-512 VNNI only (refused
-    elsewhere with :class:`LoweringError`)."""
+    shift: any LLVM CPU target (x86, arm64). int8: x86 with AVX-512 VNNI (refused on other
+    CPUs with :class:`LoweringError`). CUDA: both variants, :func:`gpu_func`."""
+    import tvm
+
     if target.is_gpu:
-        raise LoweringError(
-            f"shiftadd: no {target.name} schedule (CPU only: x86, arm64); use the int8 family "
-            f"for GPUs")
+        return tvm.IRModule({"main": gpu_func(spec)})
     if spec.variant == "int8":
         if "avx512_vnni" not in target.features:
             raise LoweringError(
@@ -571,6 +622,9 @@ class ShiftAddKernel:
 
     def bind(self, packed: ShiftAddPacked) -> BoundShiftAdd:
         """Upload the packed parameters once; returns a callable layer (host targets)."""
+        if self.target.is_gpu:
+            raise LoweringError(f"shiftadd: kernel built for {self.target.name} cannot run on this "
+                                f"host's CPU; load the compiled module on a GPU")
         if packed.variant != self.spec.variant:
             raise LoweringError(
                 f"shiftadd: weights packed for the {packed.variant} variant, kernel built for "

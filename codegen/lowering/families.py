@@ -22,8 +22,10 @@ Two ways to place the output stage (:func:`plan_layer` picks; both exact):
 Layouts (:attr:`LayerPlan.layout`):
 
 * ``gemm``       QMatMul; ``x (..., K)`` is reshaped to ``(M, K)``;
-* ``conv``       int8 family, dense 2-D conv, dilation 1: int8's im2col+GEMM function (NCHW);
-* ``depthwise``  int8 family, 2-D depthwise 3x3 / 5x5, stride 1 / 2, dilation 1;
+* ``conv``       int8 family, dense 2-D conv, dilation 1, CPU targets: int8's direct or
+  im2col+GEMM function (NCHW); on CUDA int8 convs take ``im2col`` (the GEMM's ``gpu_func``);
+* ``depthwise``  int8 family, 2-D depthwise 3x3 / 5x5, stride 1 / 2, dilation 1, CPU targets
+  (on CUDA the family refuses the layer: the reference kernel runs it);
 * ``bitconv``    bitserial family, dense 2-D conv, dilation 1, CPU targets: the direct conv of
   ``kernels/bitserial_conv.py`` (codes packed once per pixel inside the kernel, taps read as
   words; NCHW out); padding reads ``zx``, or +1 for binary codes with the border correction
@@ -104,7 +106,6 @@ def _int8_bits(ops: Operands) -> int:
     if bits is None or ops.a_dtype not in int8.A_DTYPES:
         raise LoweringError(f"int8 takes int2..8 symmetric weights x uint8 / int8 activation "
                             f"codes, not {ops.w_qtype} x {ops.a_qtype} ({ops.a_dtype})")
-    int8.kernel_path(ops.target, bits)  # raises on GPU targets
     return bits
 
 
@@ -135,17 +136,15 @@ def _lut_gemm(ops: Operands, M, K, N, requant):
         raise LoweringError(f"lut takes binary / ternary / uint1..4 / int2..4 / codebook1..4 "
                             f"weights x uniform <= 8-bit activations, not {ops.w_qtype} x "
                             f"{ops.a_qtype}")
-    lut.isa_for(ops.target)  # AVX2 / AVX-512 / NEON only
+    lut.isa_for(ops.target)  # AVX2 / AVX-512 / NEON / CUDA
     levels = tuple(int(v) for v in np.unique(ops.w)) if fmt[0] == "codebook" else ()
     return lut.LutSpec(M, K, N, fmt[0], fmt[1], bool(a_signed), requant, levels)
 
 
 def _shiftadd_gemm(variant: str):
     def gemm(ops: Operands, M, K, N, requant):
-        target = ops.target
-        if target.is_gpu:
-            raise LoweringError(f"shiftadd has no {target.name} schedule (CPU only)")
-        if variant == "int8" and "avx512_vnni" not in target.features:
+        target = ops.target  # CUDA runs both variants (shiftadd.gpu_func)
+        if variant == "int8" and not target.is_gpu and "avx512_vnni" not in target.features:
             raise LoweringError(f"shiftadd_int8 needs AVX-512 VNNI; target {target.name} has "
                                 f"{sorted(target.features)}")
         w_q, a_q = ops.w_qtype, ops.a_qtype
@@ -251,12 +250,15 @@ def plan_layer(node: Node, family: str, target) -> LayerPlan:
         if a.group == 1:
             layouts = ["im2col"]
             if len(a.strides) == 2 and set(a.dilations) == {1}:
-                if adapter.conv is not None:
+                if adapter.conv is not None and not target.is_gpu:  # GPU: im2col + GEMM
                     layouts.insert(0, "conv")
                 elif family == "bitserial" and not target.is_gpu:
                     layouts.insert(0, "bitconv")
             w_gemm = w.reshape(OC, -1).T
         elif a.group == C == OC and geo.w_shape[1] == 1 and adapter.depthwise is not None:
+            if target.is_gpu:
+                raise _refusal(node, family, f"the depthwise entry has no {target.name} "
+                                             "schedule; the reference kernel runs it there")
             layouts, w_gemm = ["depthwise"], w
         else:
             raise _refusal(node, family, f"grouped conv (group={a.group}) runs on the reference "
@@ -365,7 +367,9 @@ def _bias_array(node: Node, channels: int) -> np.ndarray:
 def _add_scheduled(ctx, prim, name: str):
     """Add a family's already-scheduled PrimFunc to the module: opaque to fusion (its
     schedule must survive) and marked scheduled so dlight leaves it alone."""
-    prim = prim.with_attr("tir.is_scheduled", True).with_attr("op_pattern", 8)
+    # dlight (TVM's GPU rules, lowbit's CPU rules) skips functions marked "tirx.is_scheduled"
+    prim = prim.with_attr("tir.is_scheduled", True).with_attr("tirx.is_scheduled", True)
+    prim = prim.with_attr("op_pattern", 8)
     if prim.attrs is not None and "global_symbol" in prim.attrs:
         prim = prim.without_attr("global_symbol")
     return ctx.bb.add_func(prim, _identifier(name))

@@ -47,7 +47,8 @@ def _params(rng, n):
     return rng.integers(-3000, 3000, n), mult, shift
 
 
-def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
+def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None, kernel=None):
+    """Pack for ``target``, run ``kernel`` (default: ``k8.build(spec, target)``), compare."""
     x = _codes(rng, spec.a_dtype, (spec.M, spec.K)) if x is None else x
     w = _weights(rng, spec.w_bits, (spec.K, spec.N)) if w is None else w
     zx = int(_codes(rng, spec.a_dtype, ())) if zx is None else zx
@@ -55,7 +56,7 @@ def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
     bias = b if bias is None else bias
     packed = k8.pack_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult,
                              shift=shift)
-    got = k8.build(spec, target)(x, packed)
+    got = (kernel or k8.build(spec, target))(x, packed)
     acc = ((x.astype(np.int64) - zx) @ w.astype(np.int64) << spec.acc_shift) + bias
     assert got.dtype == np.dtype(spec.out_dtype)
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, spec.requant, 1))
@@ -224,6 +225,105 @@ def test_arm64_object_code():
     assert "\tsmlal" in dw_asm or "\tmla\t" in dw_asm or "\tmul\t" in dw_asm
 
 
+# -- CUDA (code generation here; the formula runs on this CPU) -------------------------------------
+CUDA = resolve_target("cuda")
+
+
+def _gpu_formula_on_cpu(spec):
+    """``gpu_func`` with its threads unbound and ``__dp4a`` written out over the same int32
+    words, built for this CPU: what the CUDA kernel computes, runnable here."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": k8.gpu_func(spec, bind_threads=False)}),
+                      target=HOST.tvm_dict())
+    return k8.Int8Kernel(spec, HOST, "dp4a", lib)
+
+
+@pytest.mark.parametrize("M,K,N,bits,a_dtype,out,acc_shift", [
+    (1, 1, 1, 8, "uint8", OUT, 0), (1, 37, 19, 8, "uint8", OUT, 0),
+    (3, 70, 33, 4, "int8", None, 0), (3, 131, 129, 8, "int8", U8, 5),
+    (1, 63, 17, 2, "uint8", None, 0), (8, 65, 40, 7, "int8", OUT, 0)])
+def test_cuda_formula_is_bit_exact(M, K, N, bits, a_dtype, out, acc_shift):
+    """The CUDA GEMM (s8 x s8 dp4a words, z_s = z_u - 128 folded by pack_weights for cuda) on
+    odd shapes: K not a multiple of 4/16, N not a multiple of the 16-lane tile, M in {1, 3, 8}."""
+    spec = k8.Int8Spec(M, K, N, bits, a_dtype, out, acc_shift=acc_shift)
+    rng = np.random.default_rng(M * K * N + bits)
+    bias = rng.integers(-(1 << 29), 1 << 29, N) if acc_shift else None
+    _check(spec, rng, CUDA, bias=bias, kernel=_gpu_formula_on_cpu(spec))
+
+
+@pytest.mark.parametrize("a_dtype,x_val,zx,w_val", [
+    ("uint8", 255, 0, -128), ("uint8", 0, 255, -128), ("int8", -128, 127, -128),
+    ("int8", 127, -128, 127)])
+def test_cuda_formula_extremes(a_dtype, x_val, zx, w_val):
+    """Codes and weights at the ends of their ranges over a K where |acc| nears 2^31: the
+    signed-byte operand and the folded offset stay exact (no wrap anywhere)."""
+    K = ((1 << 31) - 1) // (255 * 128)
+    spec = k8.Int8Spec(1, K, 17, 8, a_dtype, None)
+    x = np.full((1, K), x_val, a_dtype)
+    w = np.full((K, 17), w_val, np.int8)
+    got = _check(spec, np.random.default_rng(0), CUDA, x=x, w=w, zx=zx,
+                 bias=np.zeros(17, np.int64), kernel=_gpu_formula_on_cpu(spec))
+    assert got[0, 0] == (x_val - zx) * w_val * K
+
+
+def test_cuda_offset_folds_the_signed_operand():
+    """Same packed weights on CPU and CUDA; the CUDA offset is bias - (z_u - 128) colsum(w)."""
+    spec = k8.Int8Spec(2, 9, 5, 8, "uint8", None)
+    w = _weights(np.random.default_rng(1), 8, (9, 5))
+    cpu = k8.pack_weights(spec, HOST, w, bias=np.arange(5), a_zero_point=7)
+    gpu = k8.pack_weights(spec, CUDA, w, bias=np.arange(5), a_zero_point=7)
+    np.testing.assert_array_equal(cpu.w, gpu.w)
+    np.testing.assert_array_equal(gpu.offset, np.arange(5) - (7 - 128) * w.astype(np.int64).sum(0))
+
+
+@pytest.mark.parametrize("target", ["cuda", "cuda:sm_90"])
+@pytest.mark.parametrize("M,K,N,bits,a_dtype,out,acc_shift", [
+    (1, 64, 32, 8, "uint8", OUT, 0), (3, 70, 33, 4, "int8", None, 0),
+    (5, 131, 19, 7, "int8", U8, 3)])
+def test_cuda_source_uses_dp4a(target, M, K, N, bits, a_dtype, out, acc_shift):
+    """The GEMM compiles to CUDA source (no GPU needed): threads over outputs, ``__dp4a``."""
+    kernel = k8.build(k8.Int8Spec(M, K, N, bits, a_dtype, out, acc_shift=acc_shift),
+                      resolve_target(target))
+    assert kernel.path == "dp4a" == k8.kernel_path(resolve_target(target), bits)
+    source = kernel.lib.mod.imports[0].inspect_source("cuda")
+    assert source.count("__global__") == 4  # (declaration + definition) x (pack, GEMM)
+    assert "__dp4a(" in source and "threadIdx.x" in source
+    assert f"__launch_bounds__({k8.GPU_THREADS})" in source
+    with pytest.raises(LoweringError, match="cannot run on this host's CPU"):
+        kernel.bind(k8.pack_weights(kernel.spec, kernel.target, np.zeros((K, N), np.int8),
+                                    mult=1, shift=0))
+
+
+def _ptx(source: str, arch: str, tmp_path) -> str:
+    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
+    cu.write_text(source)
+    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
+                   capture_output=True)
+    return ptx.read_text()
+
+
+def test_cuda_source_compiles_to_dp4a_ptx(tmp_path):
+    """nvcc accepts the source and the GEMM's inner loop is the s8 x s8 ``dp4a`` instruction."""
+    spec = k8.Int8Spec(3, 131, 129, 8, "int8", OUT, acc_shift=5)
+    source = k8.build(spec, resolve_target("cuda:sm_90")).lib.mod.imports[0].inspect_source("cuda")
+    assert "dp4a.s32.s32" in _ptx(source, "sm_90", tmp_path)
+
+
+def test_cuda_conv_entries_are_refused():
+    """Dense / depthwise conv entries have CPU schedules only (graphs use im2col on GPUs)."""
+    with pytest.raises(LoweringError, match="int8 conv: no cuda:sm_80 schedule"):
+        k8.build_conv(k8.ConvSpec(1, 3, 8, 8, 4, 3, 3), CUDA, 0)
+    with pytest.raises(LoweringError, match="int8 depthwise: no cuda:sm_80 schedule"):
+        k8.build_depthwise(k8.DepthwiseSpec(1, 4, 8, 8), CUDA, 0)
+
+
 def test_two_threads_agree_with_one():
     """Parallel over channel blocks (GEMM) and over row blocks (conv, one channel block)."""
     rng = np.random.default_rng(9)
@@ -323,8 +423,6 @@ def test_pack_weights_errors():
         k8.pack_weights(spec, HOST, ok, a_zero_point=300, mult=1, shift=0)
     with pytest.raises(LoweringError, match="overflow the int32 accumulator"):
         k8.pack_weights(spec, HOST, ok, bias=np.full(2, 2**31 - 10), mult=1, shift=0)
-    with pytest.raises(LoweringError, match="GPU"):
-        k8.kernel_path(resolve_target("cuda"), 8)
 
 
 def test_tile_layout():

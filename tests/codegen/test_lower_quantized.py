@@ -308,6 +308,55 @@ def test_cuda_codegen_for_quantized_graph():
     assert src.count("__global__") >= 6 and "threadIdx.x" in src
 
 
+def _cuda_source(ex) -> str:
+    modules, stack = [], [ex.mod]
+    while stack:
+        m = stack.pop()
+        modules.append(m)
+        stack.extend(m.imports)
+    cuda = [m for m in modules if m.kind == "cuda"]
+    assert cuda
+    return cuda[0].inspect_source("cuda")
+
+
+@pytest.mark.parametrize("quant", ["int8", "w2a8", "pow2", "codebook4"])
+def test_cuda_static_selection_matches_the_cpu(quant):
+    """select_kernels(..., "cuda", measure=False) picks the same families as on x86: no family
+    is refused because the target is a GPU."""
+    from lowbit.codegen.select import select_kernels
+
+    cuda = select_kernels(_quantized_cnn(quant).copy(), "cuda", measure=False)
+    host = select_kernels(_quantized_cnn(quant).copy(), "x86", measure=False)
+    assert {k: c.family for k, c in cuda.items()} == {k: c.family for k, c in host.items()}
+    assert any(c.family != "reference" for c in cuda.values())
+
+
+@pytest.mark.parametrize("quant,family", [("int8", "int8"), ("w2a8", "lut"),
+                                          ("pow2", "shiftadd"), ("pow2", "shiftadd_int8"),
+                                          ("w2a2", "bitserial")])
+def test_cuda_codegen_with_each_kernel_family(quant, family):
+    """The quantized CNN compiles for CUDA with ``family`` on every layer it takes there (at
+    least the layers it takes on x86; convs through im2col + the family's GEMM): the source
+    holds that family's kernels, bound to threads (int8: ``__dp4a``)."""
+    from lowbit.codegen.lowering import _identifier
+    from lowbit.codegen.select import candidates, select_kernels
+    from lowbit.codegen.target import resolve_target
+
+    graph = _quantized_cnn(quant).copy()
+    layers = [n for n in graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
+    takes = {n.name for n in layers if family in candidates(n, resolve_target("cuda"))[0]}
+    on_host = {n.name for n in layers if family in candidates(n, resolve_target("x86"))[0]}
+    assert takes and takes >= on_host
+    choices = select_kernels(graph, "cuda", forced=dict.fromkeys(takes, family), measure=False)
+    assert {k for k, c in choices.items() if c.family == family} == takes
+    src = _cuda_source(build(graph, "cuda"))
+    for name in takes:
+        assert f"{_identifier(f'{family}_{name}')}_kernel(" in src
+    assert "threadIdx.x" in src
+    if family == "int8":
+        assert "__dp4a(" in src
+
+
 def test_transformer_int8_bit_exact():
     calib = EXAMPLES / "digits_transformer_calib.npz"
     x = np.load(calib)["input"][:4].astype(np.float32)

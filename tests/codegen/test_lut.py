@@ -43,8 +43,9 @@ def _weights(rng, spec, shape):
     return rng.integers(lo, hi + 1, shape)
 
 
-def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
-    """Run the compiled layer and compare with the integer formula; returns the output."""
+def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None, run=None):
+    """Run the compiled layer (``run(x, packed)``, default ``lut.build(spec, target)``) and
+    compare with the integer formula; returns the output."""
     a_lo, a_hi = (-128, 127) if spec.a_signed else (0, 255)
     if x is None:
         x = rng.integers(a_lo, a_hi + 1, (spec.M, spec.K)).astype(spec.a_dtype)
@@ -56,7 +57,7 @@ def _check(spec, rng, target=HOST, x=None, w=None, zx=None, bias=None):
     shift[0] = 0  # no rounding term
     packed = lut.pack_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult,
                               shift=shift)
-    got = lut.build(spec, target)(x, packed)
+    got = (run or lut.build(spec, target))(x, packed)
     acc = (x.astype(np.int64) - zx) @ np.asarray(w, np.int64) + bias
     want = acc if spec.requant is None else requantize(
         acc, mult, shift, spec.requant.zero_point, spec.requant.lo, spec.requant.hi, axis=1)
@@ -132,9 +133,104 @@ def test_arm64_path_compiles_to_neon_tbl():
     assert "tbl\tv" in asm
 
 
-def test_cuda_is_refused():
-    with pytest.raises(LoweringError, match="CPU-only"):
-        lut.build(lut.LutSpec(1, 16, 16, "uint", 2), resolve_target("cuda"))
+# -- CUDA (code generation here; the formula runs on this CPU) --------------------------------
+CUDA = resolve_target("cuda")
+
+
+def _gpu_formula_on_cpu(spec):
+    """``gpu_func`` unscheduled (the TE compute the CUDA kernel binds to threads), built for
+    this CPU; returns ``run(x, packed)``."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": lut.gpu_func(spec, bind_threads=False)}),
+                      target=HOST.tvm_dict())
+
+    def run(x, packed):
+        mult, shift = packed.mult, packed.shift
+        if spec.requant is None:
+            mult = shift = np.zeros(spec.N, np.int64)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in
+                (x, packed.wq, packed.offset, mult, shift, np.empty((spec.M, spec.N),
+                                                                    spec.out_dtype))]
+        lib["main"](*args)
+        return args[-1].numpy()
+    return run
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=_fmt_id)
+def test_cuda_formula_every_weight_format(fmt):
+    """Every weight format, both activation signs, both output modes, odd shapes (K not a
+    multiple of 4/16, N not a multiple of the 64-channel tile, M in {1, 3})."""
+    rng = np.random.default_rng(abs(hash(fmt)) % 2**32)
+    for M, K, N, a_signed, out in ((3, 131, 19, False, OUT), (1, 37, 70, True, None)):
+        spec = lut.LutSpec(M, K, N, fmt[0], fmt[1], a_signed, out, fmt[2])
+        _check(spec, rng, CUDA, run=_gpu_formula_on_cpu(spec))
+
+
+@pytest.mark.parametrize("fmt,w_val", [("int", -8), ("codebook", -128), ("bipolar", -1)])
+def test_cuda_formula_extremes(fmt, w_val):
+    """All-max codes times the largest-magnitude weight over 2 CPU uint16 chunks plus a tail:
+    the GPU's int32 sums are exact too."""
+    K, N = 2 * 4096 + 37, 3
+    bits = {"int": 4, "codebook": 4, "bipolar": 1}[fmt]
+    spec = lut.LutSpec(1, K, N, fmt, bits, False, None, CB4 if fmt == "codebook" else ())
+    got = _check(spec, np.random.default_rng(1), CUDA, x=np.full((1, K), 255, np.uint8),
+                 w=np.full((K, N), w_val, np.int64), zx=0, bias=np.zeros(N, np.int64),
+                 run=_gpu_formula_on_cpu(spec))
+    assert got[0, 0] == 255 * w_val * K
+
+
+def test_cuda_shares_the_avx512_weight_layout():
+    spec = lut.LutSpec(2, 70, 90, "int", 3)
+    w = _weights(np.random.default_rng(5), spec, (70, 90))
+    cuda = lut.pack_weights(spec, CUDA, w, a_zero_point=9)
+    avx512 = lut.pack_weights(spec, resolve_target("x86-avx512"), w, a_zero_point=9)
+    assert lut.isa_for(CUDA).lanes == lut.GPU_LANES == 64
+    np.testing.assert_array_equal(cuda.wq, avx512.wq)
+    np.testing.assert_array_equal(cuda.offset, avx512.offset)
+
+
+@pytest.mark.parametrize("target", ["cuda", "cuda:sm_90"])
+@pytest.mark.parametrize("fmt,a_signed,out", [(("uint", 2, ()), False, OUT),
+                                              (("bipolar", 1, ()), True, None),
+                                              (("codebook", 4, CB4), False, OUT)],
+                         ids=["uint2", "bipolar", "cb4"])
+def test_cuda_source_has_tables_and_threads(target, fmt, a_signed, out):
+    """CUDA source (no GPU needed): a table kernel, the lookup kernel (bipolar weights: plus
+    the row sums U[m] and a separate epilogue kernel), threads over outputs."""
+    spec = lut.LutSpec(3, 131, 70, fmt[0], fmt[1], a_signed, out, fmt[2])
+    source = lut.build(spec, resolve_target(target)).lib.mod.imports[0].inspect_source("cuda")
+    kernels = 4 if fmt[0] == "bipolar" else 2
+    assert source.count("__global__") == 2 * kernels  # declaration + definition
+    assert "table_ptr[" in source and "wq_ptr[" in source and "threadIdx.x" in source
+    assert f"__launch_bounds__({lut.GPU_THREADS})" in source
+    kernel = lut.build(spec, resolve_target(target))
+    with pytest.raises(LoweringError, match="cannot run on this host's CPU"):
+        kernel.bind(lut.pack_weights(spec, kernel.target, _weights(np.random.default_rng(0),
+                                                                   spec, (131, 70)),
+                                     mult=1, shift=0))
+
+
+def _ptx(source: str, arch: str, tmp_path) -> str:
+    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
+    cu.write_text(source)
+    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
+                   capture_output=True)
+    return ptx.read_text()
+
+
+@pytest.mark.parametrize("fmt", [("bipolar", 1, ()), ("codebook", 4, CB4)], ids=["bipolar", "cb4"])
+def test_cuda_source_compiles(fmt, tmp_path):
+    """nvcc accepts the source (TVM only JIT-compiles it when a GPU loads the module)."""
+    spec = lut.LutSpec(3, 131, 70, fmt[0], fmt[1], True, OUT, fmt[2])
+    source = lut.build(spec, resolve_target("cuda")).lib.mod.imports[0].inspect_source("cuda")
+    assert ".entry" in _ptx(source, "sm_80", tmp_path)
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=_fmt_id)

@@ -42,12 +42,13 @@ def _reference(x, w, zx, bias, mult, shift, out):
     return requantize(acc, mult, shift, out.zero_point, out.lo, out.hi, axis=1)
 
 
-def _check(spec, x, w, zx, bias, rng, target=HOST):
+def _check(spec, x, w, zx, bias, rng, target=HOST, kernel=None):
+    """Pack for ``target``, run ``kernel`` (default ``sa.build(spec, target)``), compare."""
     mult = rng.integers(1 << 20, 1 << 31, spec.N)
     shift = rng.integers(0, 45, spec.N)
     shift[0] = 0  # no rounding term
     packed = sa.pack_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult, shift=shift)
-    got = sa.build(spec, target)(x, packed)
+    got = (kernel or sa.build(spec, target))(x, packed)
     want = _reference(x, w, zx, bias, mult, shift, spec.requant)
     assert got.dtype == np.dtype(spec.out_dtype)
     np.testing.assert_array_equal(got, want)
@@ -147,12 +148,72 @@ def test_bad_weights_and_dyadic_values_are_refused():
         sa.ShiftAddSpec(1, 8, 4, 3, True, "lut")
 
 
-def test_int8_variant_needs_vnni_and_gpus_are_refused():
+def test_int8_variant_needs_vnni_on_cpus():
     spec = sa.ShiftAddSpec(1, 8, 4, 3, True, "int8")
     with pytest.raises(LoweringError, match="VNNI"):
         sa.lower(spec, resolve_target("arm64"))
-    with pytest.raises(LoweringError, match="CPU only"):
-        sa.lower(spec, resolve_target("cuda"))
+    sa.lower(spec, resolve_target("cuda"))  # CUDA: the shift-add compute over its layout
+
+
+# -- CUDA (code generation here; the formula runs on this CPU) --------------------------------
+CUDA = resolve_target("cuda")
+
+
+def _gpu_formula_on_cpu(spec):
+    """``gpu_func`` unscheduled (the TE compute the CUDA kernel binds to threads), built for
+    this CPU."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": sa.gpu_func(spec, bind_threads=False)}),
+                      target=HOST.tvm_dict())
+    return sa.ShiftAddKernel(spec, HOST, lib)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-pow2{f[1]}{'nz' if f[2] else ''}")
+def test_cuda_formula_every_format_on_odd_shapes(fmt):
+    """Both variants (each over its own packed layout), every format, both activation signs
+    and output modes, the odd SHAPES."""
+    variant, bits, zero_free = fmt
+    rng = np.random.default_rng(bits * 10 + zero_free + 100 * (variant == "int8"))
+    for i, (M, K, N) in enumerate(SHAPES):
+        spec = sa.ShiftAddSpec(M, K, N, bits, zero_free, variant, a_signed=bool(i % 2),
+                               requant=OUT if i != 1 else None)
+        _check(spec, *_random_case(spec, rng), rng, CUDA, kernel=_gpu_formula_on_cpu(spec))
+
+
+@pytest.mark.parametrize(("variant", "bits", "zero_free"),
+                         [("shift", 5, True), ("shift", 4, False), ("int8", 4, False)])
+def test_cuda_formula_extremes(variant, bits, zero_free):
+    """All-max codes x all-max weights at the largest K the int32 bound allows (capped)."""
+    top = sa.pow2_top(bits, zero_free)
+    K = min(((1 << 31) - 1) // (255 << top), 4099)
+    spec = sa.ShiftAddSpec(2, K, 3, bits, zero_free, variant)
+    x = np.full((2, K), 255, np.uint8)
+    x[1] = 0
+    w = np.full((K, 3), -1 << top, np.int64)
+    got = _gpu_formula_on_cpu(spec)(x, sa.pack_weights(spec, CUDA, w))
+    np.testing.assert_array_equal(got, _reference(x, w, 0, 0, None, None, None))
+    assert got[0, 0] == -K * 255 << top
+
+
+@pytest.mark.parametrize("target", ["cuda", "cuda:sm_90"])
+@pytest.mark.parametrize(("variant", "bits", "zero_free", "a_signed", "requant"),
+                         [("shift", 3, False, False, OUT), ("shift", 5, True, True, None),
+                          ("int8", 4, False, True, OUT)])
+def test_cuda_source_shifts_not_multiplies(target, variant, bits, zero_free, a_signed, requant):
+    """CUDA source (no GPU needed): threads over outputs; the activation is shifted by the
+    weight's exponent field and never multiplied (the only ``*`` left: the int64 requant and
+    index arithmetic)."""
+    spec = sa.ShiftAddSpec(3, 131, 77, bits, zero_free, variant, a_signed=a_signed,
+                           requant=requant)
+    source = sa.build(spec, resolve_target(target)).lib.mod.imports[0].inspect_source("cuda")
+    assert source.count("__global__") == 4  # (declaration + definition) x (xpad, dot)
+    assert "threadIdx.x" in source and f"__launch_bounds__({sa.GPU_THREADS})" in source
+    with pytest.raises(LoweringError, match="cannot run on this host's CPU"):
+        sa.build(spec, resolve_target(target)).bind(
+            sa.pack_weights(spec, CUDA, np.ones((131, 77), np.int64), mult=1, shift=0))
+    assert re.search(r"xpad_ptr\[[^\]]*\] << ", source)
+    assert not re.search(r"xpad_ptr\[[^\]]*\] \*", source)
 
 
 def test_shift_variant_cross_compiles_for_arm64_without_multiplies():
@@ -173,6 +234,28 @@ def test_int8_variant_uses_vnni_and_vpshufb():
     spec = sa.ShiftAddSpec(1, 64, 64, 3, False, "int8")
     asm = sa.build(spec, HOST).lib.mod.inspect_source("asm")
     assert "vpdpbusd" in asm and "vpshufb" in asm
+
+
+def _ptx(source: str, arch: str, tmp_path) -> str:
+    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
+    cu.write_text(source)
+    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
+                   capture_output=True)
+    return ptx.read_text()
+
+
+@pytest.mark.parametrize("variant,bits,zero_free", [("shift", 5, True), ("int8", 4, False)])
+def test_cuda_source_compiles_to_shifts(variant, bits, zero_free, tmp_path):
+    """nvcc accepts the source; the activations are shifted (``shl.b32``) by the fields."""
+    spec = sa.ShiftAddSpec(3, 131, 77, bits, zero_free, variant, a_signed=True, requant=OUT)
+    source = sa.build(spec, resolve_target("cuda:sm_90")).lib.mod.imports[0].inspect_source("cuda")
+    assert "shl.b32" in _ptx(source, "sm_90", tmp_path)
 
 
 def test_registry_offers_each_variant_only_within_its_range():
