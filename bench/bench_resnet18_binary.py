@@ -89,12 +89,19 @@ def set_tvm_threads(n: int) -> None:
 
 
 # -- the contenders ----------------------------------------------------------------------------
-def ort_session(path: str, threads: int):
+def ort_session(path: str, threads: int, spin: bool = False):
+    """onnxruntime session; ``spin=False`` stops its pool threads busy-waiting after a run
+    (``session.intra_op.allow_spinning``): interleaved with TVM's pool on 2 cores, spinning
+    threads of one runtime steal the core the other's workers need (measured at 2 threads:
+    lowbit 1.3 ms alone, 31.9 ms interleaved with spinning ORT sessions; ORT int8 6.8 ms at 1
+    thread, 11.5 ms at 2)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
