@@ -8,7 +8,8 @@ Whole layer, cache-hot (the same weights every call), in one process, ``--thread
 * onnxruntime fp32 ``MatMul`` (M x K) @ (K x N);
 * onnxruntime int8 ``MatMulInteger`` (uint8 x, int8 constant w, x zero point; int32 out, i.e.
   *without* a requant -- a lighter layer than lowbit's);
-* conv shapes: ORT fp32 ``Conv`` and ``ConvInteger`` vs lowbit's im2col GEMM / direct depthwise.
+* conv shapes: ORT fp32 ``Conv`` and ``ConvInteger`` vs lowbit's direct (implicit GEMM) or im2col
+  conv / direct depthwise.
 
 Each figure is the median over ``--repeat`` rounds; a round times ``--number`` back-to-back
 calls of each contender in turn (interleaved, so a shared machine's noise hits all alike).
@@ -136,7 +137,8 @@ def bench_conv(target, args) -> None:
         runners["ORT fp32 Conv"] = ort[0]
         if len(ort) > 1:
             runners["ORT ConvInteger"] = ort[1]
-        kind = "im2col GEMM" if group == 1 else "direct depthwise"
+        kind = ("direct depthwise" if group != 1 else
+                "direct (implicit GEMM)" if spec.direct else "im2col GEMM")
         _report(f"conv {spec.in_shape} k{spec.KH} group={group} ({kind}, path={kernel.path})",
                 _rounds(runners, max(1, args.number // 10), args.repeat))
 
