@@ -27,3 +27,23 @@ def cnn():
         return graphs[quant].copy()
 
     return make
+
+
+@pytest.fixture
+def nvcc_ptx(tmp_path):
+    """``nvcc_ptx(source, arch)``: ``nvcc --ptx`` of TVM's CUDA source (what the runtime
+    JIT-compiles at load time) as text; the test skips when nvcc is not installed."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+
+    def compile_ptx(source: str, arch: str) -> str:
+        cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
+        cu.write_text(source)
+        subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)],
+                       check=True, capture_output=True)
+        return ptx.read_text()
+
+    return compile_ptx

@@ -295,25 +295,11 @@ def test_cuda_source_uses_dp4a(target, M, K, N, bits, a_dtype, out, acc_shift):
                                     mult=1, shift=0))
 
 
-def _ptx(source: str, arch: str, tmp_path) -> str:
-    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
-    cu.write_text(source)
-    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
-                   capture_output=True)
-    return ptx.read_text()
-
-
-def test_cuda_source_compiles_to_dp4a_ptx(tmp_path):
+def test_cuda_source_compiles_to_dp4a_ptx(nvcc_ptx):
     """nvcc accepts the source and the GEMM's inner loop is the s8 x s8 ``dp4a`` instruction."""
     spec = k8.Int8Spec(3, 131, 129, 8, "int8", OUT, acc_shift=5)
     source = k8.build(spec, resolve_target("cuda:sm_90")).lib.mod.imports[0].inspect_source("cuda")
-    assert "dp4a.s32.s32" in _ptx(source, "sm_90", tmp_path)
+    assert "dp4a.s32.s32" in nvcc_ptx(source, "sm_90")
 
 
 def test_cuda_conv_entries_are_refused():

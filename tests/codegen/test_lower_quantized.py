@@ -296,15 +296,7 @@ def test_arm64_object_for_quantized_graph():
 def test_cuda_codegen_for_quantized_graph():
     """The int8 CNN lowers and compiles for CUDA (no GPU needed: TVM keeps CUDA source);
     dlight's GPU rules schedule every kernel (reference integer kernels included)."""
-    ex = build(_quantized_cnn("int8"), "cuda")
-    modules, stack = [], [ex.mod]
-    while stack:
-        m = stack.pop()
-        modules.append(m)
-        stack.extend(m.imports)
-    cuda = [m for m in modules if m.kind == "cuda"]
-    assert cuda
-    src = cuda[0].inspect_source("cuda")
+    src = _cuda_source(build(_quantized_cnn("int8"), "cuda"))
     assert src.count("__global__") >= 6 and "threadIdx.x" in src
 
 

@@ -211,26 +211,12 @@ def test_cuda_source_has_tables_and_threads(target, fmt, a_signed, out):
                                      mult=1, shift=0))
 
 
-def _ptx(source: str, arch: str, tmp_path) -> str:
-    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
-    cu.write_text(source)
-    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
-                   capture_output=True)
-    return ptx.read_text()
-
-
 @pytest.mark.parametrize("fmt", [("bipolar", 1, ()), ("codebook", 4, CB4)], ids=["bipolar", "cb4"])
-def test_cuda_source_compiles(fmt, tmp_path):
+def test_cuda_source_compiles(fmt, nvcc_ptx):
     """nvcc accepts the source (TVM only JIT-compiles it when a GPU loads the module)."""
     spec = lut.LutSpec(3, 131, 70, fmt[0], fmt[1], True, OUT, fmt[2])
     source = lut.build(spec, resolve_target("cuda")).lib.mod.imports[0].inspect_source("cuda")
-    assert ".entry" in _ptx(source, "sm_80", tmp_path)
+    assert ".entry" in nvcc_ptx(source, "sm_80")
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=_fmt_id)

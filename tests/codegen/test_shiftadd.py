@@ -236,26 +236,12 @@ def test_int8_variant_uses_vnni_and_vpshufb():
     assert "vpdpbusd" in asm and "vpshufb" in asm
 
 
-def _ptx(source: str, arch: str, tmp_path) -> str:
-    """``nvcc --ptx`` of TVM's CUDA source (what the runtime JIT-compiles at load time)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    cu, ptx = tmp_path / "kernel.cu", tmp_path / "kernel.ptx"
-    cu.write_text(source)
-    subprocess.run(["nvcc", "--ptx", f"-arch={arch}", "-o", str(ptx), str(cu)], check=True,
-                   capture_output=True)
-    return ptx.read_text()
-
-
 @pytest.mark.parametrize("variant,bits,zero_free", [("shift", 5, True), ("int8", 4, False)])
-def test_cuda_source_compiles_to_shifts(variant, bits, zero_free, tmp_path):
+def test_cuda_source_compiles_to_shifts(variant, bits, zero_free, nvcc_ptx):
     """nvcc accepts the source; the activations are shifted (``shl.b32``) by the fields."""
     spec = sa.ShiftAddSpec(3, 131, 77, bits, zero_free, variant, a_signed=True, requant=OUT)
     source = sa.build(spec, resolve_target("cuda:sm_90")).lib.mod.imports[0].inspect_source("cuda")
-    assert "shl.b32" in _ptx(source, "sm_90", tmp_path)
+    assert "shl.b32" in nvcc_ptx(source, "sm_90")
 
 
 def test_registry_offers_each_variant_only_within_its_range():
