@@ -2,8 +2,8 @@
 
 Reference: acc = (x - z_x) @ w + bias in int64, then ``lowbit.ir.dyadic.requantize``.
 Compiled kernels are cached per (spec, target) by ``int8.build``; shapes are few and small.
-The ``avx2`` and ``generic`` paths are built for targets whose code runs on this host
-(haswell, a featureless x86-64), so all three paths are executed, not only compiled.
+The ``avx2``, ``avx2w8`` and ``generic`` paths are built for targets whose code runs on this
+host (haswell, a featureless x86-64), so every CPU path is executed, not only compiled.
 """
 
 import numpy as np
@@ -74,7 +74,17 @@ def test_vnni_odd_shapes(M, K, N, a_dtype):
     _check(spec, np.random.default_rng(K * N + M))
 
 
-@pytest.mark.parametrize("target,bits,path", [(AVX2, 7, "avx2"), (AVX2, 8, "generic"),
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 63, 9), (3, 131, 19), (8, 65, 40),
+                                   (3, 200, 129), (1, 300, 70)])
+@pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
+def test_avx2_8bit_odd_shapes(M, K, N, a_dtype):
+    """avx2w8 (vpmaddwd on 16-bit operands, two partial sums per lane): K not a multiple of
+    4/16/64, N not a multiple of the tile or of the 3-tile GEMV block, M in {1, 3, 8}."""
+    assert k8.kernel_path(AVX2, 8) == "avx2w8"
+    _check(k8.Int8Spec(M, K, N, 8, a_dtype, OUT), np.random.default_rng(K * N + M + 1), AVX2)
+
+
+@pytest.mark.parametrize("target,bits,path", [(AVX2, 7, "avx2"), (AVX2, 8, "avx2w8"),
                                               (PLAIN, 8, "generic"), (HOST, 4, None)])
 def test_every_path_both_modes(target, bits, path):
     if path is not None:
@@ -97,17 +107,31 @@ def test_acc_shift_in_the_epilogue(target):
         k8.Int8Spec(5, 70, 35, 7, "uint8", None, acc_shift=9)
 
 
-def test_register_block_choices_agree():
-    rng = np.random.default_rng(3)
-    for mb, nb in ((1, 1), (2, 3), (8, 1)):
-        _check(k8.Int8Spec(5, 90, 50, 8, "uint8", OUT, mb, nb), rng)
-
-
 @pytest.mark.parametrize("target", [HOST, AVX2], ids=["host", "avx2"])
-def test_extreme_values_do_not_overflow(target):
+def test_register_block_choices_agree(target):
+    rng = np.random.default_rng(3)
+    for mb, nb in ((1, 1), (2, 3), (8, 1), (0, 0)):
+        _check(k8.Int8Spec(5, 90, 50, 8, "uint8", OUT, mb, nb), rng, target)
+
+
+def test_auto_register_blocks_fit_the_register_file():
+    """AVX-512: 16 accumulators of 32 zmm; AVX2 (16 ymm): 2 (avx2) or 4 (avx2w8) per tile,
+    at most 12 in all."""
+    spec = k8.Int8Spec(64, 256, 256)
+    assert spec.block_for("vnni") == spec.block == (4, 4)
+    for path, per_tile in (("avx2", 2), ("avx2w8", 4)):
+        for m in (1, 64):
+            mb, nb = k8.Int8Spec(m, 256, 256).block_for(path)
+            assert mb * nb * per_tile <= 12, (path, m)
+
+
+@pytest.mark.parametrize("target,bits", [(HOST, 8), (AVX2, 7), (AVX2, 8)],
+                         ids=["host", "avx2", "avx2w8"])
+def test_extreme_values_do_not_overflow(target, bits):
     """All-max codes (255, z_x = 0) against the most negative weight over K = 60000: every
-    int32 lane sum stays exact (vpmaddubsw pairs at 255 * -64 * 2 = -32640 on AVX2)."""
-    K, bits = 60000, 8 if target is HOST else 7
+    int32 lane sum stays exact (vpmaddubsw pairs at 255 * -64 * 2 = -32640 on AVX2; avx2w8's
+    two partial sums per lane each stay in int32)."""
+    K = 60000
     spec = k8.Int8Spec(1, K, 17, bits, "uint8", None)
     w_min = -(1 << (bits - 1))
     x = np.full((1, K), 255, np.uint8)
@@ -166,9 +190,11 @@ def test_conv_is_bit_exact(a_dtype, stride, pads, out, k, oc, direct):
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, out, 1))
 
 
-@pytest.mark.parametrize("target,bits", [(AVX2, 7), (PLAIN, 8)], ids=["avx2", "generic"])
+@pytest.mark.parametrize("target,bits", [(AVX2, 7), (AVX2, 8), (PLAIN, 8)],
+                         ids=["avx2", "avx2w8", "generic"])
 def test_direct_conv_on_every_path(target, bits):
-    """The direct conv's 4-byte groups feed vpmaddubsw (avx2) and the plain widening path."""
+    """The direct conv's 4-byte groups feed vpmaddubsw (avx2), vpmaddwd on widened bytes
+    (avx2w8) and the plain widening path."""
     rng = np.random.default_rng(bits)
     spec = k8.ConvSpec(1, 3, 11, 10, 21, 7, 7, (2, 2), (3, 3, 3, 3), bits, "int8", OUT)
     assert spec.direct
@@ -209,9 +235,9 @@ def test_vnni_path_emits_vpdpbusd():
 def test_avx2_path_emits_vpmaddubsw():
     asm = k8.build(k8.Int8Spec(1, 64, 32, 7), AVX2).lib.mod.inspect_source("asm")
     assert "vpmaddubsw" in asm and "vpmaddwd" in asm and "zmm" not in asm
-    # 8-bit weights on AVX2: no saturating vpmaddubsw (generic path, 16-bit vpmaddwd)
+    # 8-bit weights on AVX2: no saturating vpmaddubsw; bytes widened (vpmovsxbw) for vpmaddwd
     asm = k8.build(k8.Int8Spec(1, 64, 32, 8), AVX2).lib.mod.inspect_source("asm")
-    assert "vpmaddubsw" not in asm and "vpmaddwd" in asm
+    assert "vpmaddubsw" not in asm and "vpmaddwd" in asm and "vpmovsxbw" in asm
 
 
 def test_arm64_object_code():
