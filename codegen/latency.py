@@ -7,8 +7,8 @@ The allocator's latency of a plan is predicted as::
 * ``T[l, c]`` (:func:`layer_costs`): layer ``l`` computed by the fastest kernel family that
   takes it at candidate ``c`` -- the same one-node compile and timing as kernel selection
   (:func:`lowbit.codegen.select.measure_layer`: one thread, median, cache-hot), read from or
-  added to the same disk cache (key: lowbit version, target, op, shapes, formats, epilogue,
-  family). The node is taken from the integer graph in which *every* layer is at ``c``, so its
+  added to the same disk cache (key: lowbit version and codegen revision, target, op, shapes,
+  formats, epilogue, family). The node is taken from the integer graph in which *every* layer is at ``c``, so its
   epilogue (requantize to the next layer's codes) is the one a quantized plan has.
 * ``remainder`` = the measured whole-model time of one reference plan minus the sum of its
   layers' ``T`` (everything that is not a quantized layer: quantize / dequantize boundaries,
@@ -184,8 +184,9 @@ def graph_digest(graph: Graph) -> str:
 
 def _graph_key(graph: Graph, target) -> str:
     from .. import __version__
+    from .revision import revision
 
-    return (f"lowbit={__version__}|target={target.name}:{dict(target.tvm_items)}|graph|"
+    return (f"lowbit={__version__}+{revision()}|target={target.name}:{dict(target.tvm_items)}|graph|"
             f"{graph_digest(graph)}")
 
 

@@ -83,6 +83,7 @@ def layer_key(node: Node, target, family: str) -> str:
     """The cache key of one (layer, family) measurement: what the timing depends on (scales
     and weight values do not change the kernel's speed; shapes, formats and the epilogue do)."""
     from .. import __version__
+    from .revision import revision
 
     a = node.attrs
     rq = a.requant
@@ -91,7 +92,7 @@ def layer_key(node: Node, target, family: str) -> str:
         geo = f"s{a.strides}p{a.pads}d{a.dilations}g{a.group}t{int(a.transposed)}"
     epi = (f"sh{int(a.acc_shift > 0)}{'b' if rq.binary else 'a' if rq.accumulates else 'r'}"
            f"{node.outputs[0].dtype}{'G' if a.groups is not None else ''}")
-    parts = [f"lowbit={__version__}", f"target={target.name}:{dict(target.tvm_items)}",
+    parts = [f"lowbit={__version__}+{revision()}", f"target={target.name}:{dict(target.tvm_items)}",
              node.op.value, f"x{tuple(node.inputs[0].shape)}{node.inputs[0].dtype}",
              f"w{tuple(node.inputs[1].shape)}", geo,
              f"{_qtype_key(node.inputs[1].qtype)}x{_qtype_key(node.inputs[0].qtype)}", epi,

@@ -10,6 +10,7 @@ import lowbit
 import numpy as np
 import pytest
 from lowbit.codegen import select
+from lowbit.codegen.revision import revision
 from lowbit.codegen.select import STATIC_PREFERENCE, KernelChoice, MeasurementCache, select_kernels
 from lowbit.ir import Graph, LoweringError, Op
 
@@ -50,7 +51,7 @@ def test_measured_selection_caches_to_disk(tmp_path, monkeypatch, cnn):
     conv_times = dict(first[layers(graph)[1].name].candidates)
     assert conv_times["int8"] < conv_times["reference"]  # the scheduled GEMM wins a real conv
     data = json.loads((tmp_path / "kernels.json").read_text())["entries"]
-    assert len(data) == 8 and all("lowbit=" in k and "target=x86" in k for k in data)
+    assert len(data) == 8 and all(f"+{revision()}|" in k and "target=x86" in k for k in data)
 
     def no_timing(*args):
         raise AssertionError("a cached layer was timed again")
