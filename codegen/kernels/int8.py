@@ -159,9 +159,10 @@ class Int8Spec:
         AVX-512 has 32 vector registers and a tile's accumulator is one of them (1 row x 8
         tiles for GEMV, 4 x 4 otherwise); AVX2 has 16, a tile takes 2 (``avx2``) or 4
         (``avx2w8``), so about 12 stay for accumulators."""
-        gemv, rows = _AUTO_BLOCKS.get(path, _AUTO_BLOCKS["vnni"])
-        mb, nb = (1, gemv) if self.M == 1 else rows
-        mb, nb = self.MB or mb, self.NB or (nb if self.MB in (0, mb) else gemv)
+        gemv, (rows_mb, rows_nb) = _AUTO_BLOCKS.get(path, _AUTO_BLOCKS["vnni"])
+        mb = self.MB or (1 if self.M == 1 else rows_mb)
+        # the GEMV width for one-row blocks, unless one row is the path's own pick
+        nb = self.NB or (gemv if mb == 1 and (self.M == 1 or rows_mb != 1) else rows_nb)
         return min(mb, self.M), max(1, min(nb, -(-self.N // LANES)))
 
     @property
