@@ -163,7 +163,21 @@ def _latency_budgets(planner, best: Plan, points: int) -> list[Budget]:
     allowed = _allowed(planner)
     lo = float(np.where(allowed, planner.latency_matrix, np.inf).min(axis=1).sum())
     hi = max(lo, best.predicted_ms)
-    return [Budget(latency=float(v), latency_unit="ms") for v in np.linspace(lo, hi, points)]
+    return [Budget(latency=_printed_ceil(float(v)), latency_unit="ms")
+            for v in np.linspace(lo, hi, points)]
+
+
+def _printed_ceil(value: float) -> float:
+    """``value`` rounded *up* to the 6 significant digits a budget prints with (``:g``), so
+    the label of a point (``latency=1.57336ms``) is exactly the budget its plan was solved
+    under (rounded down, a plan could exceed its own label); never below ``value``, so the
+    sweep's lowest budget stays feasible."""
+    if not value > 0:
+        return value
+    out = float(f"{value:.6g}")
+    if out < value:
+        out = float(f"{out + 10.0 ** (math.floor(math.log10(value)) - 5):.6g}")
+    return out
 
 
 def _size_budgets(planner, best: Plan, points: int) -> list[Budget]:

@@ -269,3 +269,15 @@ def test_cli_tune_writes_the_report(planner, tmp_path, monkeypatch, capsys):
     code = main(["tune", str(MODEL), "--calib", str(calib), "-o", str(calib)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is a file" in err[-1]
+
+
+def test_latency_budget_labels_are_the_budgets_solved():
+    """A swept budget prints with 6 significant digits; it is rounded up to them first, so a
+    plan never exceeds its own label (1.5733539 ms once printed as 1.57335 ms) and the lowest
+    budget stays feasible."""
+    from lowbit.compiler.tune import _printed_ceil
+
+    for value in (1.5733539285714289, 1.57335, 0.000123456789, 999999.7, 12.0):
+        out = _printed_ceil(value)
+        assert out >= value and float(f"{out:g}") == out
+        assert out - value <= 10.0 ** (np.floor(np.log10(value)) - 5) * (1 + 1e-9)
