@@ -143,7 +143,7 @@ def bench_conv(target, args) -> None:
         if len(ort) > 1:
             runners["ORT ConvInteger"] = ort[1]
         kind = ("direct depthwise" if group != 1 else
-                "direct (implicit GEMM)" if k8.for_target(spec, target).direct else "im2col GEMM")
+                "direct (implicit GEMM)" if spec.direct else "im2col GEMM")
         _report(f"conv {spec.in_shape} k{spec.KH} group={group} ({kind}, path={kernel.path})",
                 _rounds(runners, max(1, args.number // 10), args.repeat))
 

@@ -65,7 +65,7 @@ Threads: :func:`set_num_threads` (TVM's pool; ``TVM_NUM_THREADS``).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -87,7 +87,6 @@ __all__ = [
     "build_conv",
     "build_depthwise",
     "conv_source",
-    "for_target",
     "gemm_source",
     "gpu_func",
     "kernel_path",
@@ -694,7 +693,6 @@ class ConvSpec:
     a_dtype: str = "uint8"
     requant: OutputRange | None = None
     acc_shift: int = 0
-    im2col: bool = False  # force im2col (set per target by :func:`for_target`)
 
     def __post_init__(self):
         if min(self.B, self.C, self.H, self.W, self.OC, self.KH, self.KW, *self.stride) < 1:
@@ -728,9 +726,7 @@ class ConvSpec:
         7, 8, ...; never 1x1 or 5x5), and ``OC * (KQ - KW) <= 64 * KW`` (the wasted MACs per
         row grow with OC, the copy does not). Measured on Zen 5, one thread: 7x7/2 stem
         3->64 at 224² 0.49 ms direct vs 0.56 im2col; 3x3 64->64 at 56² 0.40 vs 0.47; 128->128
-        at 28² 0.33 vs 0.32; 512->512 at 7² 0.34 vs 0.27. ``im2col`` turns it off."""
-        if self.im2col:
-            return False
+        at 28² 0.33 vs 0.32; 512->512 at 7² 0.34 vs 0.27."""
         kq = -(-self.KW // GROUP) * GROUP
         return 3 * kq <= 4 * self.KW and self.OC * (kq - self.KW) <= 64 * self.KW
 
@@ -745,24 +741,10 @@ class ConvSpec:
     out_dtype = property(lambda self: self.gemm.out_dtype)
 
 
-#: paths on which a conv always runs im2col: with ``avx2w8`` (Zen 3, one thread) im2col beat
-#: direct on every conv measured (7x7/2 stem at 224² 3.93 vs 4.55 ms, 3x3 64@56² 3.45 vs 4.28,
-#: 128@28² 3.34 vs 4.22): the broadcast of a widened 4-byte group costs more than the copy
-IM2COL_PATHS = frozenset({"avx2w8"})
-
-
-def for_target(spec: ConvSpec, target: Target) -> ConvSpec:
-    """``spec`` as ``target`` runs it: im2col forced on :data:`IM2COL_PATHS`."""
-    if not spec.im2col and kernel_path(target, spec.w_bits) in IM2COL_PATHS:
-        return replace(spec, im2col=True)
-    return spec
-
-
 def pack_conv_weights(spec: ConvSpec, target: Target, w: np.ndarray, *, bias=None,
                       a_zero_point: int = 0, mult=None, shift=None) -> PackedWeights:
     """(OC, C, KH, KW) weights -> the im2col GEMM's :class:`PackedWeights`; the zero point
     is a runtime input of :func:`build_conv` too (it is the padding value)."""
-    spec = for_target(spec, target)
     w = np.asarray(w)
     if w.shape != (spec.OC, spec.C, spec.KH, spec.KW):
         raise LoweringError(f"int8 conv: weights {w.shape}, spec wants "
@@ -786,7 +768,6 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
     """TVMScript of a dense conv (im2col or direct, :attr:`ConvSpec.direct`); the epilogue
     writes NCHW."""
     _refuse_gpu_conv(target, "conv")
-    spec = for_target(spec, target)
     g_spec = spec.gemm
     path = kernel_path(target, spec.w_bits)
     g = _Gemm(g_spec.M, g_spec.K, g_spec.N, *g_spec.block_for(path))
@@ -864,7 +845,7 @@ def lower_conv(spec: ConvSpec, target: Target, zero_point: int = 0):
 
 def build_conv(spec: ConvSpec, target: Target, zero_point: int) -> Int8Kernel:
     """Compile a dense conv for ``target``; ``zero_point`` (z_x) is the padding code."""
-    return _build_conv_cached(for_target(spec, target), target, zero_point)
+    return _build_conv_cached(spec, target, zero_point)
 
 
 @functools.lru_cache(maxsize=64)
