@@ -358,3 +358,62 @@ def test_transformer_int8_bit_exact():
     feeds = {"input": x}
     assert_matches(graph, run_tvm(build(graph, "x86"), graph, feeds),
                    lowbit.run_reference(graph, feeds))
+
+
+@pytest.mark.parametrize("m,s,zp,dtype,lo,hi", [
+    (1 << 30, 30, 0, DType.int(32), 0, (1 << 31) - 1),   # the int32 rescale before a max-pool
+    (1 << 4, 9, 3, DType.int(8), -128, 127),             # (acc + 2^4) >> 5
+    (1, 0, -2, DType.uint(8), 0, 255),                   # m = 1, no rounding term
+    (3 << 3, 9, 0, DType.int(8), -128, 127),             # not a power of two: the general form
+])
+def test_requantize_power_of_two_multipliers(m, s, zp, dtype, lo, hi):
+    """Requantize with a uniform ``m = 2^k`` lowers without the int64 multiply
+    (``_Requant._pow2_shift``) and stays bit-exact to ``ir.dyadic.requantize`` at the int32
+    extremes and on every rounding tie."""
+    from lowbit.codegen.lowering.quantized import _Requant
+
+    rq = Requant(0, (m,), (s,), zp, dtype, lo, hi)
+    k = m.bit_length() - 1
+    assert _Requant(rq, 1)._pow2_shift() == (None if m & (m - 1) else s - k)
+    g = Graph("rq")
+    x = g.add_input("x", DType.int(32), (64,))
+    y = g.add_node(Op.REQUANTIZE, [x], RequantizeAttrs(rq), name="rq", outputs=["y"],
+                   out_types=[(dtype, (64,))]).outputs[0]
+    g.outputs = [y]
+    xs = np.concatenate([[np.iinfo(np.int32).min, np.iinfo(np.int32).max, 0, -1, 1],
+                         np.arange(-16, 17) * 16 + 16,                      # ties of >> 5
+                         np.random.default_rng(3).integers(-(1 << 31), 1 << 31, 26)])
+    feeds = {"x": xs.astype(np.int32)}
+    got = run_tvm(build(g, "x86"), g, feeds)["y"]
+    want = requantize(xs.astype(np.int64), m, s, zp, lo, hi)
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+    assert_matches(g, {"y": got}, lowbit.run_reference(g, feeds))
+
+
+@pytest.mark.parametrize("dtype,zp,wide", [
+    (DType.uint(8), 255, "int32"), (DType.int(8), -128, "int32"),
+    (DType.int(16), -32768, "int32"), (DType.uint(16), 65535, "int32"),
+    (DType.int(32), 0, "int32"), (DType.int(32), 5, "int64"),
+])
+def test_dequantize_integer_width(dtype, zp, wide):
+    """DequantizeLinear subtracts the zero point in int32 when that is exact (vector
+    int -> float conversion on AVX2), in int64 otherwise; float results equal the reference's
+    int64 subtraction at the dtype's extremes."""
+    from lowbit.codegen.lowering.quantized import _dequant_int_type
+    from lowbit.ir.attrs import DequantizeAttrs
+
+    np_dtype = dtype.numpy
+    assert _dequant_int_type(np.dtype(np_dtype).name, np.array(zp)) == wide
+    g = Graph("dq")
+    x = g.add_input("x", dtype, (40,))
+    scale = g.add_const(np.array(0.37, np.float32), "scale")
+    zero = g.add_const(np.array(zp, np_dtype), "zp")
+    y = g.add_node(Op.DEQUANTIZE, [x, scale, zero], DequantizeAttrs(), name="dq",
+                   outputs=["y"], out_types=[(FLOAT32, (40,))]).outputs[0]
+    g.outputs = [y]
+    info = np.iinfo(np_dtype)
+    xs = np.concatenate([[info.min, info.max, 0], np.random.default_rng(5).integers(
+        info.min, int(info.max) + 1, 37)]).astype(np_dtype)
+    feeds = {"x": xs}
+    got = run_tvm(build(g, "x86"), g, feeds)["y"]
+    np.testing.assert_array_equal(got, lowbit.run_reference(g, feeds)["y"])

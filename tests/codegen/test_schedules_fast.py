@@ -158,3 +158,30 @@ def test_blocked_conv_tiles_output_columns():
     ref = torch.nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(w_oihw),
                                      padding=1).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pads,width", [((1, 1), 112), ((0, 3), 29), ((2, 0), 7)])
+def test_pad_epilogue_is_split_into_fill_and_interior(pads, width):
+    """A fused epilogue + constant pad leaves no condition in the scheduled rows (the
+    ``decompose_padding`` split of ``injective.split_padding``), and stays bit-exact (int32
+    with int64 intermediates, extreme values, asymmetric pads, widths the lanes do not
+    divide)."""
+    x = te.placeholder((3, 5, width), "int32", name="x")
+    bias = te.placeholder((3,), "int64", name="bias")
+    y = te.compute(x.shape, lambda c, h, w: tvm.tirx.max(
+        (x[c, h, w].astype("int64") << 2) + bias[c], tvm.tirx.const(0, "int64")
+    ).astype("int32"), name="y")
+    padded = topi.nn.pad(y, (0, pads[0], pads[1]), (0, pads[1], pads[0]),
+                         pad_value=-7, name="pad")
+    func = te.create_prim_func([x, bias, padded])
+    name, sch = schedule_func(func, TARGET)
+    assert name == "injective"
+    script = sch.mod["main"].script()
+    assert "pad_const" in script and "if_then_else" not in script
+    xs = RNG.integers(-(1 << 29), 1 << 29, (3, 5, width)).astype(np.int32)
+    xs[0, 0, :2] = [np.iinfo(np.int32).max >> 2, -(1 << 29)]
+    b = np.array([0, -5, 1 << 20], np.int64)
+    want = np.maximum((xs.astype(np.int64) << 2) + b[:, None, None], 0).astype(np.int32)
+    want = np.pad(want, ((0, 0), pads, pads[::-1]), constant_values=-7)
+    out = np.zeros(want.shape, np.int32)
+    np.testing.assert_array_equal(_run(sch.mod["main"], [xs, b, out]), want)
