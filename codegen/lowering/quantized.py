@@ -50,17 +50,22 @@ def _tirx():
 # -- shared pieces ------------------------------------------------------------------------------
 class _PerChannel:
     """Compile-time int64 parameters (one per channel, or one): immediates when uniform, else a
-    constant tensor passed to the kernel."""
+    constant tensor passed to the kernel -- stored as int32 when every value fits and widened
+    in the expression, so a product with a widened int32 operand is a sign-extended 32x32
+    multiply (``vpmuldq``): AVX2 has no 64-bit vector multiply and LLVM otherwise builds one
+    from three 32-bit multiplies per lane."""
 
     def __init__(self, values):
-        self.array = np.asarray(values, dtype=np.int64).reshape(-1)
+        array = np.asarray(values, dtype=np.int64).reshape(-1)
+        fits = bool(array.size) and bool(np.all(np.abs(array) <= _INT32_MAX))
+        self.array = array.astype(np.int32) if fits else array
         self.uniform = bool(self.array.size) and bool(np.all(self.array == self.array[0]))
 
     def expr(self, tensor, c):
         tirx = _tirx()
         if self.uniform or tensor is None:
             return tirx.const(int(self.array[0]), "int64")
-        return tensor[c]
+        return tensor[c].astype("int64")
 
 
 class _Requant:
