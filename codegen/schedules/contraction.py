@@ -45,6 +45,8 @@ from .analysis import (
     blocks_of,
     buffer_index_vars,
     largest_divisor,
+    row_lanes,
+    simd_bits,
     unit_stride,
     vector_lanes,
 )
@@ -109,9 +111,7 @@ def _plan(sch, fact, target):
 def _broadcast_rows(target) -> int:
     """Register rows for a broadcast-row tile: ``MAX_BROADCAST_ROWS`` with 32 SIMD registers
     (AVX-512), else ``MAX_REGISTER_ROWS``."""
-    from tvm.target.codegen import llvm_get_vector_width
-
-    return MAX_BROADCAST_ROWS if llvm_get_vector_width(target) >= 512 else MAX_REGISTER_ROWS
+    return MAX_BROADCAST_ROWS if simd_bits(target) >= 512 else MAX_REGISTER_ROWS
 
 
 def _numel(buffer) -> int:
@@ -165,7 +165,9 @@ class Contraction:
             if _same_shape(sch, fact.block):
                 sch.compute_inline(fact.block)
         loops = sch.get_loops(block)
-        lanes = largest_divisor(main.extents[v], vector_lanes(target, bits))
+        # a tile with register rows is one SIMD vector per row; one without is a row step
+        lanes = vector_lanes(target, bits) if t is not None else row_lanes(target, bits)
+        lanes = largest_divisor(main.extents[v], lanes)
         v_out, v_in = sch.split(loops[v], factors=[None, lanes])
         outer = list(loops[:n_s])
         outer[v] = v_out

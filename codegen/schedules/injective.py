@@ -19,7 +19,7 @@ scalar expression, so results are unchanged bit for bit.
 from __future__ import annotations
 
 from . import register_rule
-from .analysis import blocks_of, buffer_index_vars, unit_stride, vector_lanes
+from .analysis import blocks_of, buffer_index_vars, row_lanes, unit_stride
 
 
 def inline_all(sch, blocks) -> list:
@@ -117,7 +117,7 @@ def parallel_vectorize(sch, block, target, dtype_bits: int, parallel: bool = Tru
     if not loops:
         return
     extent = sch.get(loops[-1]).extent
-    lanes = vector_lanes(target, dtype_bits)
+    lanes = row_lanes(target, dtype_bits)
     outer = list(loops[:-1])
     if isinstance(extent, tirx.IntImm) and _contiguous(sch, block, loops[-1]):
         extent = int(extent)

@@ -140,7 +140,7 @@ MAX_PARTIAL_VECTORS = 4
 
 def _lane_plan(sch, facts, target) -> RowPlan | None:
     """The :class:`RowPlan` when ``facts`` fit :class:`LaneSplitRows`, else None."""
-    from .analysis import vector_lanes
+    from .analysis import row_lanes
     from .injective import written_bits
 
     if not facts or len(facts) < 2 or not all(f.simple for f in facts):
@@ -159,7 +159,7 @@ def _lane_plan(sch, facts, target) -> RowPlan | None:
             if not _writes_float(sch, fact) or not _reads_rows(sch, fact, n_s):
                 return None
             lengths.append(_product(fact.extents[n_s:]))
-    simd = vector_lanes(target, written_bits(sch, facts[-1].block))
+    simd = row_lanes(target, written_bits(sch, facts[-1].block))
     common = 0
     for n in lengths:
         common = math.gcd(common, n)
