@@ -121,6 +121,19 @@ CASES = {
     "pad_constant": (Op.PAD, A.PadAttrs((0, 1, 0, 0, 0, 0, 2, 1), "constant", 1.5), [X4], []),
     "resize_nearest": (Op.RESIZE, A.ResizeAttrs((2, 4, 14, 9), (1.0, 1.0, 2.0, 1.5), "nearest",
                                                 "asymmetric", "floor"), [X4], []),
+    # nearest resizes gather through index tables built by the reference's coordinate rule
+    "resize_nearest_half_pixel_down": (Op.RESIZE, A.ResizeAttrs(
+        (2, 4, 5, 4), (1.0, 1.0, 5 / 7, 4 / 6), "nearest", "half_pixel", "round_prefer_floor"),
+        [X4], []),
+    "resize_nearest_align_corners_ceil": (Op.RESIZE, A.ResizeAttrs(
+        (2, 4, 13, 11), (1.0, 1.0, 13 / 7, 11 / 6), "nearest", "align_corners",
+        "round_prefer_ceil"), [X4], []),
+    "resize_nearest_pytorch_ceil": (Op.RESIZE, A.ResizeAttrs(
+        (2, 4, 21, 1), (1.0, 1.0, 3.0, 1 / 6), "nearest", "pytorch_half_pixel", "ceil"),
+        [X4], []),
+    "resize_nearest_symmetric": (Op.RESIZE, A.ResizeAttrs(
+        (2, 4, 10, 6), (1.0, 1.0, 10 / 7, 1.0), "nearest", "half_pixel_symmetric",
+        "round_prefer_floor"), [X4], []),
     "resize_linear": (Op.RESIZE, A.ResizeAttrs((2, 4, 10, 12), (1.0, 1.0, 10 / 7, 2.0),
                                                "linear", "half_pixel"), [X4], []),
     "cast_truncates": (Op.CAST, A.CastAttrs(INT64), [("x", _rand((3, 4)) * 5)], []),
