@@ -71,14 +71,17 @@ def conv(ctx, node):
 def _packed_conv_lanes(ctx, node) -> int:
     """The output-channel block of :func:`packed_conv2d` for ``node``, or 0 when the plain
     NCHW lowering is used: llvm targets, float32, 2-d, group 1, a constant weight whose
-    output channels the float32 SIMD width divides, a kernel larger than 1×1 (1×1 convs stay
-    NCHW matrix products)."""
+    output channels the float32 SIMD width divides, a kernel larger than 1×1 or a strided one
+    (stride-1 1×1 convs stay NCHW matrix products; a strided 1×1 -- a ResNet downsample --
+    reads no unit-stride row there, and ran 40-100× slower than the blocked conv on Zen 3)."""
     from ..schedules.analysis import vector_lanes
 
     w = ctx.const_array(node, 1)
     if ctx.target.kind != "llvm" or w is None or w.dtype != np.float32 or w.ndim != 4:
         return 0
-    if node.attrs.group != 1 or w.shape[2] * w.shape[3] == 1:
+    if node.attrs.group != 1:
+        return 0
+    if w.shape[2] * w.shape[3] == 1 and all(s == 1 for s in node.attrs.strides):
         return 0
     if _dtype_of(ctx.input(node, 0)) != "float32":
         return 0

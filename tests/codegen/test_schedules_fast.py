@@ -120,6 +120,7 @@ def _conv_model(f, c, k, strides, pads, dilations, bias, shape):
     (16, 3, 3, (2, 2), (0, 1, 2, 1), (1, 1), False, (11, 14)),
     (48, 4, 3, (1, 1), (2, 2, 2, 2), (2, 2), True, (9, 9)),
     (16, 2, 5, (1, 2), (2, 2, 2, 2), (1, 1), True, (8, 28)),
+    (32, 24, 1, (2, 2), (0, 0, 0, 0), (1, 1), True, (15, 14)),  # a ResNet downsample
 ])
 def test_blocked_conv_matches_onnxruntime(f, c, k, strides, pads, dilations, bias, hw):
     from lowbit.codegen.build import build
@@ -228,3 +229,16 @@ def test_blocked_conv_on_avx2_uses_eight_channel_blocks():
     text = sch.mod["main"].script()
     assert "T.unroll(8)" in text or "T.unroll(T.int64(8))" in text
     assert "T.vectorized(8)" in text or "T.vectorized(T.int64(8))" in text
+
+
+@pytest.mark.parametrize("strides,blocked", [((2, 2), True), ((1, 1), False)])
+def test_strided_1x1_conv_is_blocked(strides, blocked):
+    """A strided 1×1 conv takes the blocked conv (its NCHW form reads no unit-stride row and
+    is left scalar); a stride-1 1×1 stays an NCHW matrix product."""
+    from lowbit.codegen.lower import lower
+    from lowbit.compiler.onnx_import import import_onnx
+
+    model = _conv_model(16, 8, 1, strides, (0, 0, 0, 0), (1, 1), False, (1, 8, 12, 12))
+    mod = lower(import_onnx(model), resolve_target("x86"))
+    names = [gv.name_hint for gv in mod.functions]
+    assert ("packed_conv2d" in names) == blocked, names
