@@ -75,6 +75,7 @@ def _packed_conv_lanes(ctx, node) -> int:
     (stride-1 1×1 convs stay NCHW matrix products; a strided 1×1 -- a ResNet downsample --
     reads no unit-stride row there, and ran 40-100× slower than the blocked conv on Zen 3)."""
     from ..schedules.analysis import vector_lanes
+    from ..schedules.contraction import broadcast_rows
 
     w = ctx.const_array(node, 1)
     if ctx.target.kind != "llvm" or w is None or w.dtype != np.float32 or w.ndim != 4:
@@ -85,8 +86,31 @@ def _packed_conv_lanes(ctx, node) -> int:
         return 0
     if _dtype_of(ctx.input(node, 0)) != "float32":
         return 0
-    lanes = vector_lanes(ctx.target.tvm_target(), 32)
-    return lanes if w.shape[0] % lanes == 0 else 0
+    target = ctx.target.tvm_target()
+    lanes = vector_lanes(target, 32)
+    if w.shape[0] % lanes:
+        return 0
+    return lanes * _vectors_per_row(out_shape(node)[3], w.shape[0] // lanes,
+                                    broadcast_rows(target))
+
+
+def _vectors_per_row(out_width: int, channel_vectors: int, max_rows: int) -> int:
+    """SIMD vectors of output channels per block of :func:`packed_conv2d`: 1, or more when the
+    output rows are too short to fill the register tile -- the tile's rows are a divisor of
+    the output width (at most ``max_rows``), and ``rows · vectors`` accumulators should reach
+    ``max_rows`` (independent multiply-add chains). Doubles while the product stays within
+    ``max_rows``, the channel vectors divide evenly and at most :data:`MAX_ROW_VECTORS`.
+    Measured on Zen 3 (AVX2, 8 rows): the digits CNN's 4-wide 3×3 convs at batch 64, 0.80 ms
+    with one vector (4 accumulators) -> see BENCHMARKS.md."""
+    from ..schedules.analysis import largest_divisor
+    from ..schedules.contraction import MAX_ROW_VECTORS
+
+    rows = largest_divisor(out_width, max_rows)
+    k = 1
+    while (rows * k * 2 <= max_rows and k * 2 <= MAX_ROW_VECTORS
+           and channel_vectors % (k * 2) == 0):
+        k *= 2
+    return k
 
 
 def _pack_conv_weight(w: np.ndarray, lanes: int) -> np.ndarray:

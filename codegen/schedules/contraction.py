@@ -23,7 +23,9 @@ Schedule (register tiling, no change to any output's arithmetic):
   is indexed by a spatial axis in its last dimension (the blocked conv's output column ``j``
   reading ``x[…, j + kx]``), that axis is ``t``: its ``t_inner`` scalars, broadcast one per
   accumulator, come from one cache line; it is split by up to 14 on 32-register SIMD files
-  (AVX-512), 8 otherwise;
+  (AVX-512), 8 otherwise, divided by the SIMD vectors each row holds: a short vector axis
+  (the blocked conv's channel block, one or a few vectors) is held whole by each row, so
+  ``rows · vectors`` accumulators fit the register file;
 * loop order ``[outer spatial tiles] [reduction loops, original order] t_inner v_inner``;
   the outer tiles are fused and run in parallel, ``t_inner`` unrolled, ``v_inner`` vectorized;
 * accumulate in place, initialized per tile (``decompose_reduction``); LLVM keeps the tile in
@@ -57,6 +59,8 @@ MAX_REGISTER_ROWS = 8
 #: the most accumulators of a broadcast-row tile on a 32-register SIMD file (14 + the
 #: loaded vector + a broadcast; measured on the 3×3 conv 56²·64: 14 rows 1.0 ms, 8 rows 1.14)
 MAX_BROADCAST_ROWS = 14
+#: the most SIMD vectors a broadcast row holds whole (the blocked conv's channel block)
+MAX_ROW_VECTORS = 4
 
 
 def _same_shape(sch, block) -> bool:
@@ -69,8 +73,8 @@ def _same_shape(sch, block) -> bool:
 
 
 def _plan(sch, fact, target):
-    """(index of v, index of t or None, row limit) for the main block, or None when the
-    pattern fails."""
+    """(index of v, index of t or None, row limit, lanes of v held whole by a broadcast row
+    or None) for the main block, or None when the pattern fails."""
     stmt = sch.get(fact.block)
     n_s = fact.kinds.count("S")
     if len(stmt.writes) != 1 or n_s == 0:
@@ -103,12 +107,18 @@ def _plan(sch, fact, target):
             continue
         if any(buffer_index_vars(r, iters[i].var, ana) == [len(r.region) - 1]
                for r in stmt.reads):
-            t, rows = i, _broadcast_rows(target)
-            break
-    return v, t, rows
+            # a short vector axis (the conv's channel block: up to MAX_ROW_VECTORS SIMD
+            # vectors) is held whole by each row, and rows x vectors accumulators stay
+            # within the register budget
+            whole = fact.extents[v]
+            per_row = -(-whole // vector_lanes(target, written_bits(sch, fact.block)))
+            if per_row > MAX_ROW_VECTORS:
+                return v, i, broadcast_rows(target), None
+            return v, i, max(broadcast_rows(target) // per_row, 1), whole
+    return v, t, rows, None
 
 
-def _broadcast_rows(target) -> int:
+def broadcast_rows(target) -> int:
     """Register rows for a broadcast-row tile: ``MAX_BROADCAST_ROWS`` with 32 SIMD registers
     (AVX-512), else ``MAX_REGISTER_ROWS``."""
     return MAX_BROADCAST_ROWS if simd_bits(target) >= 512 else MAX_REGISTER_ROWS
@@ -157,7 +167,7 @@ class Contraction:
 
         main = facts[index]
         block = main.block
-        v, t, row_limit = plan
+        v, t, row_limit, whole = plan
         n_s = main.kinds.count("S")
         bits = written_bits(sch, block)
         # elementwise pre-blocks fold into the reads; shape-changing ones (pads) stay
@@ -166,8 +176,11 @@ class Contraction:
                 sch.compute_inline(fact.block)
         loops = sch.get_loops(block)
         # a tile with register rows is one SIMD vector per row; one without is a row step
-        lanes = vector_lanes(target, bits) if t is not None else row_lanes(target, bits)
-        lanes = largest_divisor(main.extents[v], lanes)
+        if whole is not None:
+            lanes = whole
+        else:
+            lanes = vector_lanes(target, bits) if t is not None else row_lanes(target, bits)
+            lanes = largest_divisor(main.extents[v], lanes)
         v_out, v_in = sch.split(loops[v], factors=[None, lanes])
         outer = list(loops[:n_s])
         outer[v] = v_out

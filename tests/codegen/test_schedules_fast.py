@@ -140,8 +140,8 @@ def test_blocked_conv_matches_onnxruntime(f, c, k, strides, pads, dilations, bia
 
 def test_blocked_conv_tiles_output_columns():
     """The contraction rule vectorizes the 16 blocked output channels and takes the output
-    column (which reads the input's last dimension) as register rows: 14 on AVX-512, else 8
-    at most (7 of the 28 columns)."""
+    column (which reads the input's last dimension) as register rows: 14 on AVX-512; on AVX2
+    each row holds the 16 channels as two ymm, so 8 / 2 = 4 rows (of the 28 columns)."""
     from lowbit.codegen.lowering.float_ops import packed_conv2d
     from lowbit.codegen.schedules.analysis import simd_bits
 
@@ -150,7 +150,7 @@ def test_blocked_conv_tiles_output_columns():
     y = packed_conv2d(x, w, strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1))
     _, func = _scheduled([x, w, y], rule="contraction")
     text = func.script()
-    rows = 14 if simd_bits(TARGET) >= 512 else 7
+    rows = 14 if simd_bits(TARGET) >= 512 else 4
     assert f"T.unroll({rows})" in text or f"T.unroll(T.int64({rows}))" in text
     xs = RNG.standard_normal((1, 8, 10, 28)).astype(np.float32)
     ws = RNG.standard_normal((2, 8, 3, 3, 16)).astype(np.float32)
@@ -242,3 +242,40 @@ def test_strided_1x1_conv_is_blocked(strides, blocked):
     mod = lower(import_onnx(model), resolve_target("x86"))
     names = [gv.name_hint for gv in mod.functions]
     assert ("packed_conv2d" in names) == blocked, names
+
+
+@pytest.mark.parametrize("width,channels,rows,want", [
+    (56, 8, 8, 1), (4, 8, 8, 2), (4, 2, 8, 2), (2, 8, 8, 4), (7, 4, 14, 2), (3, 3, 8, 1),
+    (1, 16, 8, 4)])
+def test_vectors_per_row_fill_the_register_tile(width, channels, rows, want):
+    """Short output rows get more channel vectors per row (rows x vectors accumulators up to
+    the row budget, vectors dividing the channel vectors, at most 4)."""
+    from lowbit.codegen.lowering.float_ops import _vectors_per_row
+
+    assert _vectors_per_row(width, channels, rows) == want
+
+
+def test_narrow_blocked_conv_holds_two_vectors_per_row():
+    """A 4-wide output on AVX2: 16-channel blocks (two ymm per row) x 4 rows, still matching
+    onnxruntime."""
+    from lowbit.codegen.build import build
+    from lowbit.codegen.lower import lower
+    from lowbit.compiler.onnx_import import import_onnx
+    from tvm import relax
+
+    ort = pytest.importorskip("onnxruntime")
+    model = _conv_model(32, 6, 3, (1, 1), (1, 1, 1, 1), (1, 1), True, (3, 6, 5, 4))
+    target = resolve_target("x86-avx2")
+    mod = lower(import_onnx(model), target)
+    (func,) = [f for gv, f in mod.functions.items() if gv.name_hint == "packed_conv2d"]
+    assert "T.int64(3), T.int64(3), T.int64(16))" in func.script()  # (2, 6, 3, 3, 16)
+    name, sch = schedule_func(func, target.tvm_target())
+    text = sch.mod["main"].script()
+    assert "T.unroll(4)" in text or "T.unroll(T.int64(4))" in text
+    assert "T.vectorized(16)" in text or "T.vectorized(T.int64(16))" in text
+    xs = RNG.standard_normal((3, 6, 5, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": xs})[0]
+    got = relax.VirtualMachine(build(import_onnx(model), "x86-avx2"), tvm.cpu())["main"](
+        tvm.runtime.tensor(xs)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
