@@ -116,6 +116,26 @@ def test_non_contiguous_input(session):
                                   session.run(["y"], {"x": np.ascontiguousarray(x)})[0])
 
 
+def test_misaligned_input_and_owned_outputs(session):
+    """An input at an address TVM's DLPack import would refuse (not 64-byte aligned) runs
+    like an aligned one; outputs are the caller's own arrays (writable, not reused by the next
+    run) and the caller's input is never written."""
+    x = _x()
+    raw = np.empty(x.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 4  # 4 bytes past a 64-byte boundary
+    shifted = raw[start:start + x.nbytes].view(np.float32).reshape(x.shape)
+    shifted[...] = x
+    assert shifted.ctypes.data % 64
+    want = session.run(["y"], {"x": x})[0]
+    first = session.run(["y"], {"x": shifted})[0]
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(shifted, x)
+    kept = first.copy()
+    assert first.flags.writeable and first.flags.owndata
+    session.run(["y"], {"x": _x(seed=5)})
+    np.testing.assert_array_equal(first, kept)
+
+
 def test_io_records(session):
     assert [(s.name, s.shape, s.dtype) for s in session.get_inputs()] == [
         ("x", (BATCH, IN), "float32")]
