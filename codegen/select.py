@@ -31,7 +31,6 @@ Results: ``node.meta["kernel"]`` (the printer shows ``# kernel=...``), ``node.me
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,29 +134,42 @@ def _codes(value, rng) -> np.ndarray:
     return arr.astype(dt.numpy)
 
 
-@contextlib.contextmanager
-def _single_thread():
-    """TVM's pool at one thread (parallel loops run inline) for the duration; the previous
-    ``TVM_NUM_THREADS`` is restored after (the pool resized back to it, or to the CPU count),
-    and so is this thread's CPU affinity: configuring the pool pins the calling thread to one
-    CPU, and worker processes spawned later would inherit that one CPU."""
+def _on_single_thread(fn):
+    """``fn()`` run on a fresh Python thread whose TVM pool has one thread (parallel loops run
+    inline), so the caller's own pool is never touched: TVM caps a thread's pool at the
+    ``TVM_NUM_THREADS`` it was created under, and a caller whose first TVM call was a
+    one-thread measurement could never run on more threads after (measured: a 2-thread
+    binarized ResNet-18 ran at its 1-thread speed, 16 ms instead of 9, after selection).
+    ``TVM_NUM_THREADS`` is set to 1 while the thread creates its pool and restored after; the
+    pinning that configuring a pool does stays on that thread."""
+    import threading
+
     import tvm
 
-    from .kernels.bitserial import set_num_threads
+    result: list = []
+
+    def body():
+        try:
+            tvm.get_global_func("runtime.config_threadpool")(0, 1)
+            result.append((True, fn()))
+        except BaseException as err:  # handed to the caller
+            result.append((False, err))
 
     before = os.environ.get("TVM_NUM_THREADS")
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    set_num_threads(1)
+    os.environ["TVM_NUM_THREADS"] = "1"
     try:
-        yield
+        worker = threading.Thread(target=body, name="lowbit-measure")
+        worker.start()
+        worker.join()
     finally:
         if before is None:
             os.environ.pop("TVM_NUM_THREADS", None)
-            tvm.get_global_func("runtime.config_threadpool")(0, os.cpu_count() or 1)
         else:
-            set_num_threads(int(before))
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
+            os.environ["TVM_NUM_THREADS"] = before
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _describe(err: BaseException) -> str:
@@ -257,14 +269,16 @@ def time_executable(ex, inputs) -> float:
     import tvm
     from tvm import relax
 
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(ex, dev)
-    args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
-    with _single_thread():
+    def measure():
+        dev = tvm.cpu()
+        vm = relax.VirtualMachine(ex, dev)
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs]
         vm["main"](*args)
         timer = vm.time_evaluator("main", dev, number=1, repeat=REPEATS,
                                   min_repeat_ms=MIN_REPEAT_MS)
-        result = timer(*args)
+        return timer(*args)
+
+    result = _on_single_thread(measure)
     return float(np.median(result.results)) * 1e6
 
 

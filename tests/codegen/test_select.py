@@ -140,3 +140,35 @@ def test_selected_graph_builds_bit_exact(cnn):
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     want = lowbit.run_reference(graph, {"input": x})[graph.outputs[0].name]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_measuring_leaves_the_callers_thread_pool_free(monkeypatch):
+    """Timing runs on its own one-thread pool: a Python thread that measured a layer can still
+    run two TVM threads after (TVM caps a thread's pool at the TVM_NUM_THREADS it was created
+    under, so measuring on the caller's own pool pinned it to one thread), and the
+    environment variable is back as it was."""
+    import threading
+
+    import tvm
+    from lowbit.codegen.build import build
+    from lowbit.ir import FLOAT32
+
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    g = Graph("relu")
+    x = g.add_input("x", FLOAT32, (4, 64))
+    g.outputs = [g.add_node(Op.RELU, [x], None, name="relu", outputs=["y"],
+                            out_types=[(FLOAT32, (4, 64))]).outputs[0]]
+    ex = build(g, "x86")
+    seen = {}
+
+    def caller():  # a fresh thread: its pool is created by what it does here
+        seen["us"] = select.time_executable(ex, [np.ones((4, 64), np.float32)])
+        tvm.get_global_func("runtime.config_threadpool")(0, 2)
+        seen["threads"] = int(tvm.runtime.num_threads())
+
+    worker = threading.Thread(target=caller)
+    worker.start()
+    worker.join()
+    assert seen["us"] > 0
+    assert seen["threads"] == 2
+    assert __import__("os").environ["TVM_NUM_THREADS"] == "2"
