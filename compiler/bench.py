@@ -78,6 +78,25 @@ def measure(fn: Callable[[], object], repeat: int, warmup: int = 1) -> Timing:
     return Timing.from_seconds(samples)
 
 
+def measure_interleaved(fns: list[Callable[[], object]], repeat: int, warmup: int = 1
+                        ) -> list[Timing]:
+    """One :class:`Timing` per function of ``fns``: each called ``warmup`` times untimed,
+    then ``repeat`` rounds that call every function once, in turn. Side by side like this,
+    a burst of load from another process slows every contender alike instead of whichever
+    ran during it (measured on a shared 2-core machine: ORT fp32 on the digits CNN read
+    0.65 and 1.12 ms in two back-to-back sequential runs)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, times in zip(fns, samples):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return [Timing.from_seconds(times) for times in samples]
+
+
 @dataclass(frozen=True, slots=True)
 class BenchRow:
     """One runtime's result (agreement fields None where they do not apply)."""
@@ -103,12 +122,17 @@ class BenchReport:
 
 # -- onnxruntime helpers (shared with the demo) -------------------------------------------------
 def ort_session(model: str | os.PathLike | bytes, threads: int):
-    """An onnxruntime CPU session with ``threads`` intra-op threads (inter-op 1)."""
+    """An onnxruntime CPU session with ``threads`` intra-op threads (inter-op 1) whose pool
+    threads do not busy-wait after a run (``session.intra_op.allow_spinning = 0``): timed in
+    interleaved rounds, spinning ORT threads take the cores the next contender's workers need
+    (measured on 2 cores, the digits demo: lowbit fp32 1.2 ms alone, 55 ms right after a
+    spinning ORT session)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -277,12 +301,13 @@ def bench(model: str | os.PathLike, quant: str = "w4a8", calib=None, recipe=None
         ("ORT int8", lambda: int8.run(None, feed)[0], qdq_weight_bytes(int8_bytes),
          "quantize_static QDQ"),
     ]
-    for name, fn, nbytes, note in runs:
-        diff, agree = agreement(reference, fn())
-        rows.append(BenchRow(name, measure(fn, repeat, warmup), nbytes, diff, agree, note))
+    agreements = [agreement(reference, fn()) for _, fn, _, _ in runs]
+    timings = measure_interleaved([fn for _, fn, _, _ in runs], repeat, warmup)
+    for (name, _, nbytes, note), (diff, agree), timing in zip(runs, agreements, timings):
+        rows.append(BenchRow(name, timing, nbytes, diff, agree, note))
     batch = tuple((s.name, s.shape) for s in specs)
-    caption = (f"{threads} thread(s) each; median of {repeat} runs after {warmup} warm-up; "
-               f"input: {source}")
+    caption = (f"{threads} thread(s) each; median of {repeat} interleaved rounds after "
+               f"{warmup} warm-up; input: {source}")
     return BenchReport(str(model), threads, batch, tuple(rows), caption)
 
 
@@ -307,4 +332,4 @@ def render(report: BenchReport):
 
 
 __all__ = ["BenchReport", "BenchRow", "Timing", "agreement", "batch_feed", "bench", "load_samples",
-           "measure", "noise_feed", "ort_int8_model", "ort_session", "qdq_weight_bytes", "render"]
+           "measure", "measure_interleaved", "noise_feed", "ort_int8_model", "ort_session", "qdq_weight_bytes", "render"]

@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bind a graph input's shape (repeatable)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for every runtime (default: all cores)")
-    p.add_argument("--repeat", type=int, default=50, metavar="N", help="timed runs (default 50)")
+    p.add_argument("--repeat", type=int, default=50, metavar="N",
+                   help="timed rounds, each running every contender once (default 50)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs first")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_bench)
@@ -475,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the digits CNN in several presets vs onnxruntime")
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for every runtime (default: all cores)")
-    p.add_argument("--repeat", type=int, default=20, metavar="N", help="timed runs per row")
+    p.add_argument("--repeat", type=int, default=50, metavar="N",
+                   help="timed rounds (every row once per round; default 50)")
     p.add_argument("--fast", action="store_true",
                    help="skip ternary's layer-wise reconstruction (~2x faster, less accurate)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the compile stages")

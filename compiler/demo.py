@@ -16,7 +16,9 @@ last batch zero-padded, padded rows ignored). Rows:
   QDQ model calibrated on the same 256 images (:func:`lowbit.compiler.bench.ort_int8_model`).
 
 Columns: test accuracy (top-1 over the 540 images), weight bytes (as in ``lowbit bench``),
-latency (median ms per batch of :data:`BATCH`, same thread count for all) and the compile time.
+latency (median ms per batch of :data:`BATCH`, same thread count for all, every row timed in
+the same interleaved rounds: :func:`lowbit.compiler.bench.measure_interleaved`) and the compile
+time.
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ class DemoReport:
     caption: str
 
 
-def demo(threads: int | None = None, repeat: int = 20, fast: bool = False,
+def demo(threads: int | None = None, repeat: int = 50, fast: bool = False,
          log=None) -> DemoReport:
     """Build and measure every row (module docstring); ``log`` is a driver StageLog."""
     from ..runtime.session import Session
-    from .bench import measure, ort_int8_model, ort_session, qdq_weight_bytes
+    from .bench import measure_interleaved, ort_int8_model, ort_session, qdq_weight_bytes
     from .driver import StageLog, compile_model
     from .eval_data import padded_batches
     from .quantize import weight_size
@@ -121,9 +123,8 @@ def demo(threads: int | None = None, repeat: int = 20, fast: bool = False,
             sizes = weight_size(result.graph)
             fp32_bytes = sizes.fp32
             predict = _runner(session)
-            rows.append(DemoRow(name, _top1(predict, images, labels),
-                                sizes.packed, measure(lambda p=predict: p(first), repeat).median,
-                                compile_s, note))
+            rows.append((DemoRow(name, _top1(predict, images, labels), sizes.packed, 0.0,
+                                 compile_s, note), predict))
     fp32 = ort_session(model, threads)
     int8_bytes = ort_int8_model(model, calib, BATCH)
     int8 = ort_session(int8_bytes, threads)
@@ -131,10 +132,14 @@ def demo(threads: int | None = None, repeat: int = 20, fast: bool = False,
             ("ORT fp32", fp32, fp32_bytes, "onnxruntime CPU"),
             ("ORT int8", int8, qdq_weight_bytes(int8_bytes), "quantize_static QDQ")):
         predict = _runner(session)
-        rows.append(DemoRow(name, _top1(predict, images, labels), nbytes,
-                            measure(lambda p=predict: p(first), repeat).median, 0.0, note))
+        rows.append((DemoRow(name, _top1(predict, images, labels), nbytes, 0.0, 0.0, note),
+                     predict))
+    # every contender timed side by side, in interleaved rounds
+    timings = measure_interleaved([lambda p=predict: p(first) for _, predict in rows], repeat)
+    rows = [replace(row, latency_ms=t.median) for (row, _), t in zip(rows, timings)]
     caption = (f"digits test split: {len(labels)} images, batches of {BATCH}; latency: median "
-               f"of {repeat} runs of one batch, {threads} thread(s) each; compile: import .. "
+               f"of {repeat} interleaved rounds of one batch, {threads} thread(s) each; "
+               f"compile: import .. "
                f"link" + ("; --fast: ternary without reconstruction" if fast else ""))
     return DemoReport(tuple(rows), threads, len(labels), caption)
 
