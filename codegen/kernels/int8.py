@@ -174,8 +174,11 @@ class Int8Spec:
 
 #: per path: (NB for one row, (MB, NB) for several) when the spec leaves the block to pick.
 #: AVX2 blocks measured on Zen 3, one thread (3136x576x64 / 16x4096x4096): avx2 (2, 2) 1.53 /
-#: 3.70 ms, (3, 2) 2.32 / 4.93; avx2w8 (1, 2) 2.50 / 5.92 ms, (3, 1) 3.00 / 6.91
-_AUTO_BLOCKS = {"vnni": (8, (4, 4)), "avx2": (4, (2, 2)), "avx2w8": (3, (1, 2))}
+#: 3.70 ms, (3, 2) 2.32 / 4.93; avx2w8 (1, 2) 2.50 / 5.92 ms, (3, 1) 3.00 / 6.91. Later, with
+#: the direct convs too (another day, ~20% slower machine), avx2w8 (2, 1) against (1, 2):
+#: 7x7/2 stem 3->64 at 224² 3.77 vs 4.79 ms, 3x3 64@56² 4.14 vs 4.52, 16@8² batch 60 0.70 vs
+#: 0.67, 3136x576x64 3.18 vs 3.52, 16x4096x4096 6.67 vs 6.62, 128x768x3072 7.51 vs 7.10
+_AUTO_BLOCKS = {"vnni": (8, (4, 4)), "avx2": (4, (2, 2)), "avx2w8": (3, (2, 1))}
 
 
 def kernel_path(target: Target, w_bits: int) -> str:
