@@ -100,8 +100,8 @@ def _vectors_per_row(out_width: int, channel_vectors: int, max_rows: int) -> int
     the output width (at most ``max_rows``), and ``rows · vectors`` accumulators should reach
     ``max_rows`` (independent multiply-add chains). Doubles while the product stays within
     ``max_rows``, the channel vectors divide evenly and at most :data:`MAX_ROW_VECTORS`.
-    Measured on Zen 3 (AVX2, 8 rows): the digits CNN's 4-wide 3×3 convs at batch 64, 0.80 ms
-    with one vector (4 accumulators) -> see BENCHMARKS.md."""
+    Measured on Zen 3 (AVX2, 8 rows): a 4-wide 3×3 conv of the digits CNN at batch 64 took
+    0.80 ms with one vector (4 accumulators), 0.58 ms with two."""
     from ..schedules.analysis import largest_divisor
     from ..schedules.contraction import MAX_ROW_VECTORS
 
