@@ -109,10 +109,9 @@ class _Requant:
             return tirx.max(tirx.min(sign, hi), lo).astype(dtype)
         pow2 = self._pow2_shift()
         if pow2 is not None:  # m = 2^k, k <= s: the same value without the int64 multiply
-            y = tirx.const(rq.out_zero_point, "int64") + acc
             if pow2 > 0:
-                y = tirx.const(rq.out_zero_point, "int64") + (
-                    (acc + tirx.const(1 << (pow2 - 1), "int64")) >> tirx.const(pow2, "int64"))
+                acc = (acc + tirx.const(1 << (pow2 - 1), "int64")) >> tirx.const(pow2, "int64")
+            y = tirx.const(rq.out_zero_point, "int64") + acc
             return tirx.max(tirx.min(y, hi), lo).astype(dtype)
         it = iter(tensors)
         m, s, half = (p.expr(None if p.uniform else next(it), c) for p in self.params)
