@@ -2,7 +2,10 @@
 
 The allocator's latency of a plan is predicted as::
 
-    T(plan) = remainder + sum_l T[l, c_l]
+    T(plan) = sum_l T[l, c_l] · (1 + remainder_{c_l} / sum_k T[k, c_l])
+
+(:attr:`lowbit.compiler.planner.Planner.latency_matrix`): each layer's kernel scaled by its
+candidate's in-model factor, so a uniform plan predicts exactly its measured time.
 
 * ``T[l, c]`` (:func:`layer_costs`): layer ``l`` computed by the fastest kernel family that
   takes it at candidate ``c`` -- the same one-node compile and timing as kernel selection
@@ -10,19 +13,21 @@ The allocator's latency of a plan is predicted as::
   added to the same disk cache (key: lowbit version and codegen revision, target, op, shapes,
   formats, epilogue, family). The node is taken from the integer graph in which *every* layer is at ``c``, so its
   epilogue (requantize to the next layer's codes) is the one a quantized plan has.
-* ``remainder`` = the measured whole-model time of one reference plan minus the sum of its
-  layers' ``T`` (everything that is not a quantized layer: quantize / dequantize boundaries,
-  pools, activations, residual adds, VM calls), clamped at 0.
+* ``remainder_c`` = the measured whole-model time of the plan with every layer at ``c`` minus
+  the sum of its layers' ``T`` (everything that is not a quantized layer: quantize / dequantize
+  boundaries, pools, activations, residual adds, VM calls; and the kernels running slower in
+  the model than alone, cache-hot), clamped at 0.
 
 :func:`graph_ms` compiles and times a whole integer graph; :func:`artifact_ms` times a compiled
-artifact; both one thread, median of :data:`~lowbit.codegen.select.REPEATS` repeats, cache-hot,
-random inputs (timing does not depend on the values). Whole-graph times are cached on disk too,
+artifact; both one thread, median of :data:`~lowbit.codegen.select.WHOLE_REPEATS` rounds
+(:func:`~lowbit.codegen.select.time_executables`: the graphs timed together take turns, round
+by round), cache-hot, random inputs (timing does not depend on the values). Whole-graph times are cached on disk too,
 keyed by a digest of the graph (text and constants) and the target.
 
 Compiling is the slow part (a one-node kernel ~0.2 s, a whole model seconds), timing is not,
 and a timing must not share the CPU with a compile: :func:`layer_costs` and :func:`graphs_ms`
 first compile every uncached kernel / graph on ``jobs`` worker processes
-(:func:`lowbit.compiler.parallel.pmap`), then time them one by one in this process.
+(:func:`lowbit.compiler.parallel.pmap`), then time them in this process.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .select import (
     REFERENCE,
     candidates,
     open_cache,
-    time_executable,
+    time_executables,
 )
 
 #: worker processes compile the uncached one-node kernels of :func:`layer_costs` only when
@@ -215,19 +220,18 @@ def graphs_ms(graphs: Sequence[Graph], target, *, cache_dir=None,
         workers = _workers(jobs, sum(len(g.nodes) for g in todo.values()), MIN_PARALLEL_NODES)
         with tempfile.TemporaryDirectory(prefix="lowbit-graphs-") as folder:
             compiled = compile_graphs(list(todo.values()), target, folder, workers)
-            try:
-                for (key, graph), outcome in zip(todo.items(), compiled):
-                    if isinstance(outcome, LowbitError):
-                        raise outcome
-                    if isinstance(outcome, str):
-                        raise LoweringError(
-                            f"graph '{graph.name}' failed to compile for timing: {outcome}; "
-                            f"compile it alone (lowbit.codegen.build.build) for the full "
-                            f"error")
-                    cache.put(key, time_executable(load_executable(outcome),
-                                                   _random_inputs(graph.inputs)))
-            finally:
-                cache.save()
+            timed = []
+            for (key, graph), outcome in zip(todo.items(), compiled):
+                if isinstance(outcome, LowbitError):
+                    raise outcome
+                if isinstance(outcome, str):
+                    raise LoweringError(
+                        f"graph '{graph.name}' failed to compile for timing: {outcome}; "
+                        f"compile it alone (lowbit.codegen.build.build) for the full error")
+                timed.append((load_executable(outcome), _random_inputs(graph.inputs)))
+            for key, us in zip(todo, time_executables(timed)):
+                cache.put(key, us)
+            cache.save()
     return [cache.get(key) / 1000.0 for key in keys]
 
 
@@ -251,7 +255,7 @@ def artifact_ms(artifact) -> float:
                                        spec.shape).astype(dt))
         else:
             inputs.append(rng.standard_normal(spec.shape).astype(dt))
-    return time_executable(load_payload(artifact.payload), inputs) / 1000.0
+    return time_executables([(load_payload(artifact.payload), inputs)])[0] / 1000.0
 
 
 def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:

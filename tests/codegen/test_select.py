@@ -172,3 +172,22 @@ def test_measuring_leaves_the_callers_thread_pool_free(monkeypatch):
     assert seen["us"] > 0
     assert seen["threads"] == 2
     assert __import__("os").environ["TVM_NUM_THREADS"] == "2"
+
+
+def test_time_executables_takes_turns_and_orders_by_work(monkeypatch):
+    """Whole-model timing: every executable is timed once per round (repeats rounds), and a
+    graph doing 64x the work measures slower than the small one."""
+    from lowbit.codegen.build import build
+    from lowbit.ir import FLOAT32
+
+    def relu(n):
+        g = Graph(f"relu{n}")
+        x = g.add_input("x", FLOAT32, (n, 1024))
+        g.outputs = [g.add_node(Op.RELU, [x], None, name="relu", outputs=["y"],
+                                out_types=[(FLOAT32, (n, 1024))]).outputs[0]]
+        return build(g, "x86"), [np.ones((n, 1024), np.float32)]
+
+    monkeypatch.setattr(select, "MIN_REPEAT_MS", 1)
+    small, big = relu(4), relu(256)
+    us = select.time_executables([small, big], repeats=3)
+    assert len(us) == 2 and 0 < us[0] < us[1]

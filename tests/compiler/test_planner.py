@@ -59,9 +59,14 @@ def test_costs_are_measured_for_every_layer_and_candidate(planner):
     assert planner.remainder_ms is not None and planner.remainder_ms >= 0
     assert planner.remainders.shape == (len(CANDS),) and np.all(planner.remainders >= 0)
     plan = planner.allocate(None)
-    # predicted = the chosen kernels + each layer's share of its candidate's rest
-    shares = planner.remainders[list(plan.choice)] / len(plan.choice)
-    assert plan.predicted_ms == pytest.approx(plan.kernels_ms + shares.sum())
+    # predicted = the chosen kernels, each scaled by its candidate's whole / kernels factor
+    ms, rem = planner.costs.ms, planner.remainders
+    factor = 1 + rem / ms.sum(axis=0)
+    assert plan.predicted_ms == pytest.approx(
+        sum(ms[l, c] * factor[c] for l, c in enumerate(plan.choice)))
+    mixed = [l % len(CANDS) for l in range(len(plan.choice))]  # a plan of several candidates
+    assert planner.latency_matrix[range(len(mixed)), mixed].sum() == pytest.approx(
+        sum(ms[l, c] * factor[c] for l, c in enumerate(mixed)))
     # rows show the kernels' own times
     assert all(r.latency_ms == pytest.approx(planner.costs.ms[l, c])
                for l, (r, c) in enumerate(zip(plan.rows(), plan.choice)))
