@@ -11,8 +11,9 @@ candidate's in-model factor, so a uniform plan predicts exactly its measured tim
   takes it at candidate ``c`` -- the same one-node compile and timing as kernel selection
   (:func:`lowbit.codegen.select.measure_layer`: one thread, median, cache-hot), read from or
   added to the same disk cache (key: lowbit version and codegen revision, target, op, shapes,
-  formats, epilogue, family). The node is taken from the integer graph in which *every* layer is at ``c``, so its
-  epilogue (requantize to the next layer's codes) is the one a quantized plan has.
+  formats, epilogue, family). The node is taken from the integer graph in which *every* layer
+  is at ``c``, so its epilogue (requantize to the next layer's codes) is the one a quantized
+  plan has.
 * ``remainder_c`` = the measured whole-model time of the plan with every layer at ``c`` minus
   the sum of its layers' ``T`` (everything that is not a quantized layer: quantize / dequantize
   boundaries, pools, activations, residual adds, VM calls; and the kernels running slower in
@@ -21,8 +22,9 @@ candidate's in-model factor, so a uniform plan predicts exactly its measured tim
 :func:`graph_ms` compiles and times a whole integer graph; :func:`artifact_ms` times a compiled
 artifact; both one thread, median of :data:`~lowbit.codegen.select.WHOLE_REPEATS` rounds
 (:func:`~lowbit.codegen.select.time_executables`: the graphs timed together take turns, round
-by round), cache-hot, random inputs (timing does not depend on the values). Whole-graph times are cached on disk too,
-keyed by a digest of the graph (text and constants) and the target.
+by round), cache-hot, random inputs (timing does not depend on the values). Whole-graph
+times are cached on disk too, keyed by a digest of the graph (text and constants) and the
+target.
 
 Compiling is the slow part (a one-node kernel ~0.2 s, a whole model seconds), timing is not,
 and a timing must not share the CPU with a compile: :func:`layer_costs` and :func:`graphs_ms`
@@ -191,8 +193,8 @@ def _graph_key(graph: Graph, target) -> str:
     from .. import __version__
     from .revision import revision
 
-    return (f"lowbit={__version__}+{revision()}|target={target.name}:{dict(target.tvm_items)}|graph|"
-            f"{graph_digest(graph)}")
+    return (f"lowbit={__version__}+{revision()}|target={target.name}:{dict(target.tvm_items)}"
+            f"|graph|{graph_digest(graph)}")
 
 
 def graphs_ms(graphs: Sequence[Graph], target, *, cache_dir=None,
