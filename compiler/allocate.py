@@ -249,14 +249,15 @@ class Plan:
         """A recipe that quantizes exactly the planned layers at their candidates: base
         ``preset("none")`` (everything else float, no first/last rule) plus one ``nodes``
         override per layer with its format and measured-fastest kernel; reconstruction on when
-        :attr:`reconstructs`. Reusable with ``--recipe``."""
+        :attr:`reconstructs`; ``reduce_range`` off. Reusable with ``--recipe``."""
         nodes = {}
         for l, (info, c) in enumerate(zip(self.table.layers, self.choice)):
             override = self.table.candidates[c].override
             kernel = self.kernel(l)
             nodes[info.name] = replace(override, kernel=None if kernel == "auto" else kernel)
         base = preset("none")
-        return replace(base, nodes=nodes,
+        # the candidates were measured at their own bits: no target-dependent 7-bit weights
+        return replace(base, nodes=nodes, reduce_range=False,
                        ptq=replace(base.ptq, reconstruct=self.reconstructs))
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -67,6 +67,16 @@ def _recipes(fast: bool):
     )
 
 
+def _reduced_range(graph) -> bool:
+    """Whether every quantized layer of the int8 ``graph`` has 7-bit weights (the compile
+    target turned ``reduce_range`` on)."""
+    from ..ir import Op
+
+    bits = {n.inputs[1].qtype.bits for n in graph.nodes
+            if n.op in (Op.QCONV, Op.QMATMUL) and n.inputs[1].qtype is not None}
+    return bits == {7}
+
+
 @dataclass(frozen=True, slots=True)
 class DemoRow:
     """One row of the demo table (``compile_s`` 0 for onnxruntime rows: no compile step)."""
@@ -123,6 +133,8 @@ def demo(threads: int | None = None, repeat: int = 50, fast: bool = False,
             sizes = weight_size(result.graph)
             fp32_bytes = sizes.fp32
             predict = _runner(session)
+            if quant == "int8" and _reduced_range(result.graph):
+                note = "w7a8 per-channel (reduce_range: AVX2, no VNNI)"
             rows.append((DemoRow(name, _top1(predict, images, labels), sizes.packed, 0.0,
                                  compile_s, note), predict))
     fp32 = ort_session(model, threads)

@@ -36,12 +36,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..ir import Graph, Op
 from ..ir.errors import QuantizationError
 from ..runtime.artifact import Artifact, PlanRow, TargetSpec, TensorSpec, host_arch
+from .recipes import Recipe
 
 STAGES = ("import", "passes", "quantize", "select", "lower", "compile", "save")
 #: the stage --quant auto runs before ``import``
@@ -290,7 +291,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     ``$LOWBIT_JOBS`` or one per CPU; :mod:`lowbit.compiler.parallel`)."""
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
-    from .quantize import quantize
+    from .quantize import quantize, resolve_recipe
 
     log = StageLog() if log is None else log
     first_stage = len(log.times)  # a shared log (bench, demo) holds earlier compiles' stages
@@ -314,7 +315,11 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     if quant == "none" and recipe is None:
         log.skip("quantize", "--quant none")
     else:
-        with log.stage("quantize", recipe and "recipe" or quant):
+        label = recipe and "recipe" or quant
+        recipe = target_recipe(resolve_recipe(quant, recipe), tgt)
+        if recipe.reduce_range:
+            label += ", 8-bit weights at 7 bits (reduce_range)"
+        with log.stage("quantize", label):
             graph = quantize(graph, quant=quant, calib=calib, recipe=recipe,
                              dump_ir=None if dump is None else dump / "quantize")
     if any(n.op in PLANNED_OPS for n in graph.nodes):
@@ -335,6 +340,17 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
                         outputs=tensor_specs(graph.outputs), payload=payload,
                         plan=plan_rows(graph, chosen))
     return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]), chosen)
+
+
+def target_recipe(recipe: Recipe, target) -> Recipe:
+    """``recipe`` with ``reduce_range = "auto"`` (None) decided for ``target``
+    (:func:`lowbit.codegen.kernels.int8.reduces_range`: on for x86 AVX2 without VNNI, where
+    exact 8-bit weights run at half rate); an explicit true / false is kept."""
+    if recipe.reduce_range is not None:
+        return recipe
+    from ..codegen.kernels.int8 import reduces_range
+
+    return replace(recipe, reduce_range=reduces_range(target))
 
 
 def _plan(model, target, calib, input_shapes, budget, max_drop, eval, planner=None,

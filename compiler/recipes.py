@@ -10,11 +10,17 @@ fold_scales) read it and never the other way round. It holds
 * ``first_last_int8``  keep the first and the last layer at int8 (:data:`INT8_WEIGHTS`,
                        :data:`INT8_ACTIVATIONS`), the usual accuracy-preserving exception,
 * ``calibration``      the observer that picks activation ranges (:data:`CALIBRATION_METHODS`),
-* ``ptq``              post-training refinements (:class:`PTQSpec`).
+* ``ptq``              post-training refinements (:class:`PTQSpec`),
+* ``reduce_range``     uniform 8-bit weights become 7-bit (onnxruntime's ``reduce_range``):
+                       ``True`` / ``False``, or ``None`` ("auto" in files) to let the compile
+                       target decide (:func:`lowbit.codegen.kernels.int8.reduces_range`;
+                       ``lowbit.quantize``, which has no target, reads None as False).
 
 Resolution (:meth:`Recipe.spec_for`), highest precedence first::
 
     nodes[name]  >  ops[op_type]  >  first/last int8 rule  >  default
+
+and then, with ``reduce_range`` true, a resolved uniform 8-bit weight spec takes 7 bits.
 
 Each override is merged field by field onto the level below it; a field the override leaves
 unset keeps the lower level's value, except that when an override changes a ``format`` the
@@ -37,6 +43,7 @@ Files (:func:`load_recipe`, :func:`save_recipe`) are TOML or JSON with the schem
     preset = "w4a8"                 # optional base; the rest overrides it
     calibration = "minmax"
     first_last_int8 = true
+    reduce_range = "auto"           # or true / false
     [default.weights]               # without a preset: format and bits are required here,
     bits = 4                        # and [default.activations] bits
     [ptq]
@@ -477,7 +484,8 @@ def preset(name: str) -> Recipe:
 
 
 # -- the recipe --------------------------------------------------------------------------------
-_TOP_KEYS = ("preset", "calibration", "first_last_int8", "default", "ptq", "ops", "nodes")
+_TOP_KEYS = ("preset", "calibration", "first_last_int8", "reduce_range", "default", "ptq",
+             "ops", "nodes")
 _LAYER_KEYS = ("weights", "activations", "kernel", "exclude")
 _WEIGHT_KEYS = tuple(f.name for f in fields(WeightSpec))
 _ACT_KEYS = tuple(f.name for f in fields(ActSpec))
@@ -496,6 +504,7 @@ class Recipe:
     first_last_int8: bool = True
     ptq: PTQSpec = PTQSpec()
     preset: str | None = None
+    reduce_range: bool | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "ops", {_op_name(k): v for k, v in dict(self.ops).items()})
@@ -503,6 +512,8 @@ class Recipe:
         _want_choice(self.calibration, CALIBRATION_METHODS, "recipe calibration",
                      "calibration methods")
         _want_bool(self.first_last_int8, "recipe first_last_int8")
+        if self.reduce_range is not None:
+            _want_bool(self.reduce_range, "recipe reduce_range")
         if self.preset is not None:
             _want_choice(self.preset, PRESETS, "recipe preset", "presets")
         for op_type in self.ops:
@@ -541,6 +552,8 @@ class Recipe:
             spec = self.ops[op_type].apply(spec, f"recipe ops.{op_type}")
         if node_name in self.nodes:
             spec = self.nodes[node_name].apply(spec, f"recipe nodes.{_node_key(node_name)}")
+        if self.reduce_range and spec.weights.format == "uniform" and spec.weights.bits == 8:
+            spec = replace(spec, weights=replace(spec.weights, bits=7))
         return None if spec.exclude else spec
 
     @property
@@ -559,6 +572,7 @@ class Recipe:
             out["preset"] = self.preset
         out["calibration"] = self.calibration
         out["first_last_int8"] = self.first_last_int8
+        out["reduce_range"] = AUTO if self.reduce_range is None else self.reduce_range
         out["default"] = _layer_to_dict(self.default)
         out["ptq"] = _present(self.ptq)
         out["ops"] = {k: _layer_to_dict(v) for k, v in self.ops.items()}
@@ -647,6 +661,12 @@ def _recipe_from_dict(data: Mapping[str, Any], base_name: str | None = None) -> 
         default = default_override.apply(base.default, "recipe default")
         ptq_base, calibration = base.ptq, base.calibration
         first_last = base.first_last_int8
+    reduce_range = data.get("reduce_range", None if base is None else base.reduce_range)
+    if reduce_range == AUTO:
+        reduce_range = None
+    elif reduce_range is not None and not isinstance(reduce_range, bool):
+        raise QuantizationError(f"recipe reduce_range = {_show(reduce_range)}: expected true, "
+                                f"false or \"auto\"")
     ptq = _want_table(data.get("ptq", {}), "recipe ptq")
     _check_keys(ptq, _PTQ_KEYS, "recipe ptq")
     _check_ptq_fields(ptq, "recipe ptq")
@@ -665,6 +685,7 @@ def _recipe_from_dict(data: Mapping[str, Any], base_name: str | None = None) -> 
         first_last_int8=data.get("first_last_int8", first_last),
         ptq=replace(ptq_base, **ptq),
         preset=name,
+        reduce_range=reduce_range,
     )
 
 

@@ -154,6 +154,8 @@ def test_rows_recipe_and_save(tmp_path):
     assert [r.layer for r in rows] == ["layer0", "layer1", "layer2"]
     assert sum(r.bytes for r in rows) == plan.weight_bytes
     recipe = plan.to_recipe()
+    # the candidates were measured at their own bits: the target must not reduce them
+    assert recipe.reduce_range is False
     for row, info in zip(rows, table.layers):
         spec = recipe.spec_for(info.name, "Conv")
         assert f"w{spec.weights.bits}a{spec.activations.bits}" == row.bits

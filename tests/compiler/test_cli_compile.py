@@ -13,7 +13,10 @@ from pathlib import Path
 import lowbit
 import numpy as np
 import pytest
+from lowbit.codegen.target import resolve_target
 from lowbit.compiler.cli import main
+from lowbit.compiler.driver import target_recipe
+from lowbit.compiler.recipes import preset
 from lowbit.runtime.reference import run_reference
 
 EXAMPLES = Path(lowbit.__file__).parent / "examples"
@@ -70,7 +73,9 @@ def test_run_outputs_equal_the_integer_simulator(work, capsys):
     out = folder / "out.npz"
     assert main(["run", str(lbx), "--inputs", str(folder / "in.npz"), "-o", str(out)]) == 0
     got = np.load(out)["logits"]
-    graph = lowbit.quantize(str(MODEL), quant="int8", calib=str(CALIB), input_shapes=SHAPES)
+    # the int8 preset as `lowbit compile` resolves it for this host (reduce_range "auto")
+    recipe = target_recipe(preset("int8"), resolve_target("x86"))
+    graph = lowbit.quantize(str(MODEL), recipe=recipe, calib=str(CALIB), input_shapes=SHAPES)
     ref = run_reference(graph, {"input": _images()})["logits"]
     np.testing.assert_allclose(got, ref, rtol=0, atol=4 * ULP32 * float(np.abs(ref).max()))
     # and the same bytes as the Python Session gives

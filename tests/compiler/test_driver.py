@@ -7,6 +7,7 @@ simulator's formulas), so outputs differ only by the final float DequantizeLinea
 ``atol = 4 · 2^-23 · max|reference|`` (about 5e-6 for logits near 10), ``rtol = 0``.
 """
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -16,7 +17,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from lowbit.compiler.cli import main
-from lowbit.compiler.driver import STAGES, PlainStageLog, StageLog, compile_model, plan_rows
+from lowbit.codegen.kernels.int8 import reduces_range
+from lowbit.codegen.target import resolve_target
+from lowbit.compiler.driver import (
+    STAGES,
+    PlainStageLog,
+    StageLog,
+    compile_model,
+    plan_rows,
+    target_recipe,
+)
+from lowbit.compiler.recipes import preset
 from lowbit.ir import Op
 from lowbit.ir.errors import ArtifactError, InvalidModelError, LoweringError, QuantizationError
 from lowbit.runtime import artifact as artifact_module
@@ -68,8 +79,10 @@ def test_manifest_plan_and_specs(compiled):
     assert len(layers) == 4 and len(art.plan) == 4
     assert [r.layer for r in art.plan] == [n.name for n in layers]
     w_bits = [dict(r.details)["w_bits"] for r in art.plan]
-    # first and last layer stay int8 in every preset; the middle ones follow the preset
-    assert w_bits == ([8, 8, 8, 8] if quant == "int8" else [8, 4, 4, 8])
+    # first and last layer stay int8 in every preset (7-bit where the host reduces the
+    # range); the middle ones follow the preset
+    eight = 7 if reduces_range(resolve_target("x86")) else 8
+    assert w_bits == ([eight] * 4 if quant == "int8" else [eight, 4, 4, eight])
     assert any(row.kernel != "reference" for row in art.plan)  # a fast family took some layer
     for row in art.plan:
         details = dict(row.details)
@@ -254,3 +267,29 @@ def test_cli_compiles_for_arm64(tmp_path, capsys):
     manifest, payload = _read_lbx(out)
     assert manifest["target"]["name"] == "arm64" and manifest["target"]["arch"] == "aarch64"
     assert _elf_machine(payload) == EM_AARCH64
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("x86-avx2", True), ("x86-avx512", False), ("arm64", False), ("cuda", False)])
+def test_reduce_range_auto_follows_the_target(target, expected):
+    """8-bit weights become 7-bit exactly where the int8 kernel would take the half-rate
+    exact path (AVX2 without VNNI); an explicit recipe value is kept on every target."""
+    tgt = resolve_target(target)
+    assert target_recipe(preset("int8"), tgt).reduce_range is expected
+    for forced in (True, False):
+        kept = dataclasses.replace(preset("int8"), reduce_range=forced)
+        assert target_recipe(kept, tgt).reduce_range is forced
+
+
+def test_reduce_range_compiles_7_bit_weights_bit_exact(tmp_path):
+    recipe = dataclasses.replace(preset("int8"), reduce_range=True)
+    result = compile_model(MODEL, "x86", "int8", str(CALIB), recipe, SHAPES)
+    layers = [n for n in result.graph.nodes if n.op in (Op.QCONV, Op.QMATMUL)]
+    assert {n.inputs[1].qtype.bits for n in layers} == {7}
+    assert all(np.abs(n.inputs[1].const).max() <= 63 for n in layers)
+    assert [dict(r.details)["w_bits"] for r in result.artifact.plan] == [7] * 4
+    path = result.artifact.save(tmp_path / "m.lbx")
+    x = _images(0)
+    (out,) = lowbit.Session(path).run(None, {"input": x})
+    assert_dequantize_close(out, run_reference(result.graph, {"input": x})["logits"])
+

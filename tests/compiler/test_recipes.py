@@ -144,6 +144,29 @@ def test_first_last_int8_can_be_switched_off():
     assert recipe.spec_for("c", "Conv", is_first=True, is_last=True).weights.bits == 4
 
 
+def test_reduce_range_turns_uniform_8_bit_weights_into_7_bit():
+    recipe = dataclasses.replace(preset("w4a8"), reduce_range=True,
+                                 nodes={"pw": LayerOverride(WeightOverride(format="pow2"))})
+    first = recipe.spec_for("c0", "Conv", is_first=True)
+    assert first.weights == dataclasses.replace(INT8_WEIGHTS, bits=7)
+    assert first.activations == INT8_ACTIVATIONS  # activations keep their 8 bits
+    assert recipe.spec_for("mid", "Conv").weights.bits == 4  # only 8-bit weights change
+    assert recipe.spec_for("pw", "Conv").weights.format == "pow2"
+    assert preset("int8").reduce_range is None  # "auto": the compile target decides
+    assert preset("int8").spec_for("c", "Conv").weights.bits == 8  # no target: 8 bits
+    off = dataclasses.replace(preset("int8"), reduce_range=False)
+    assert off.spec_for("c", "Conv").weights.bits == 8
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("auto", None)])
+def test_reduce_range_file_values_round_trip(value, expected, tmp_path):
+    recipe = _recipe(reduce_range=value)
+    assert recipe.reduce_range is expected
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    path = save_recipe(recipe, tmp_path / "r.toml")
+    assert load_recipe(path).reduce_range is expected
+
+
 def test_exclude_keeps_a_node_float():
     recipe = _recipe(nodes={"head": {"exclude": True}})
     assert recipe.spec_for("head", "Gemm", is_last=True) is None
@@ -230,6 +253,7 @@ def test_activation_errors(activations, message):
 @pytest.mark.parametrize("data, message", [
     ({"calibration": "kl"}, r"recipe calibration = 'kl': calibration methods are minmax, "),
     ({"first_last_int8": 1}, r"recipe first_last_int8 = 1: expected true or false"),
+    ({"reduce_range": "yes"}, r"recipe reduce_range = 'yes': expected true, false or \"auto\""),
     ({"ptq": {"iters": -1}}, r"recipe ptq\.iters = -1: must be >= 0"),
     ({"ptq": {"reconstruct": "on"}}, r"recipe ptq\.reconstruct = 'on': expected true or false"),
     ({"preset": "w3a9"}, r"recipe preset = 'w3a9': presets are int8, w4a8"),
