@@ -51,7 +51,11 @@ channels; over row blocks when there is only one channel block), per block rows 
 ``MB x NB`` tile updates unrolled per 4-wide K group), then the epilogue (offset, requant) on
 the block. Activations are repacked to bytes once per call (``pack``; conv: im2col).
 
-Conv (NCHW, one function, the epilogue stores channel by channel): either im2col + this GEMM,
+Conv (NCHW, one function, the epilogue stores channel by channel; when ``R`` adjacent output
+pixels of one image (R in 32/16/8/4, a multiple of MB, dividing OH*OW) make whole row groups, the
+register blocks of a group first fill an L1 tile and each channel's R pixels are then computed
+and stored as one vector, :func:`_store_rows`: 1.14-1.38x on 16-channel convs on Zen 3, neutral
+on wide ones): either im2col + this GEMM,
 or **direct** (implicit GEMM, :attr:`ConvSpec.direct`): the input is copied once into a
 zero-point-padded byte image ``xpad`` and K runs over ``(c, kh, q)`` with each kernel row's
 taps rounded up to ``KQ`` (a multiple of 4; the extra taps have zero weights), so the 4-byte
@@ -65,6 +69,7 @@ Threads: :func:`set_num_threads` (TVM's pool; ``TVM_NUM_THREADS``).
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -368,6 +373,34 @@ def main({args}):
 {store_loops}
 """
 
+#: channel-major convs whose row groups stay inside one image (:func:`_store_rows`): ``G``
+#: register blocks of ``MB`` rows fill an L1 ``tile`` (NB, 16, R) first, then each channel's
+#: ``R = G*MB`` adjacent output pixels are computed and stored as one vector
+_GROUPED_TEMPLATE = """
+# from tvm.script import tirx as T
+@T.prim_func(s_tir=True)
+def main({args}):
+    T.func_attr({{"tirx.noalias": True, "global_symbol": "main"}})
+    yf = T.decl_buffer(({YSIZE},), "{ODT}", data=y.data)
+{pack_loops}
+    for {outer} in T.parallel({outer_n}):
+        acc = T.alloc_buffer(({MB}, {NB}, {ACCW}), "int32", scope="local")
+        tile = T.alloc_buffer(({NB}, 16, {R}), "int32", scope="local")
+        for {inner} in T.serial({inner_n}):
+            for g in T.serial({G}):
+                for mi, t in T.grid({MB}, {NB}):
+                    for l in T.vectorized({ACCW}):
+                        acc[mi, t, l] = 0
+                {kloop}
+                    for mi in T.unroll({MB}):
+                        for t in T.unroll({NB}):{update}
+                for mi, t, l in T.grid({MB}, {NB}, 16):
+                    tile[t, l, g * {MB} + mi] = {lane}
+            for t, l in T.grid({NB}, 16):
+                {guard}for r in T.vectorized({R}):
+                    {guard_pad}yf[mg * {R} // {OHW} * {NOHW} + ((o * {NB} + t) * 16 + l) * {OHW} + mg * {R} % {OHW} + r] = {value}
+"""
+
 #: the epilogue's loops over the register block: row-major outputs ((M, N): a tile's 16
 #: channels are contiguous, one vector store) ...
 _STORE_ROWS = """            for mi in T.serial({MB}):
@@ -384,14 +417,26 @@ _STORE_CHANNELS = """            for t in T.serial({NB}):
                             {store}"""
 
 
+def _lane(halves: bool) -> str:
+    """Accumulator lane ``(mi, t, l)``; with ``halves`` (the ``avx2w8`` layout) the sum of its
+    two partial sums ``acc[2l]`` and ``acc[2l + 1]``."""
+    return "(acc[mi, t, l * 2] + acc[mi, t, l * 2 + 1])" if halves else "acc[mi, t, l]"
+
+
 def _store_text(N: int, requant: OutputRange | None, out_dtype: str, y_index: str,
                 guard_n: bool, acc_shift: int = 0, halves: bool = False) -> str:
-    """The epilogue statement for lane ``(mi, t, l)`` of block ``(o, mo)``: ``acc`` (with
-    ``halves``, the ``avx2w8`` layout: the sum of the lane's two partial sums ``acc[2l]`` and
-    ``acc[2l + 1]``) plus the wrapped offset (unsigned add: wraps by definition), shifted
-    left by ``acc_shift`` plus the int64 ``bias``, then requant (int64) or int32 out."""
+    """The epilogue statement for lane ``(mi, t, l)`` of block ``(o, mo)``: ``y[y_index] =``
+    :func:`_output_value` of the lane (:func:`_lane`)."""
     n = "((o * {NB} + t) * 16 + l)"
-    lane = ("(acc[mi, t, l * 2] + acc[mi, t, l * 2 + 1])" if halves else "acc[mi, t, l]")
+    store = f"y[{y_index}] = {_output_value(_lane(halves), n, requant, out_dtype, acc_shift)}"
+    return f"if {n} < {N}:\n" + " " * 32 + store if guard_n else store
+
+
+def _output_value(lane: str, n: str, requant: OutputRange | None, out_dtype: str,
+                  acc_shift: int) -> str:
+    """The output of accumulator ``lane`` of channel ``n``: plus the wrapped offset (unsigned
+    add: wraps by definition), shifted left by ``acc_shift`` plus the int64 ``bias``, then
+    requant (int64) or int32 out."""
     acc = (f'T.Cast("int32", T.Cast("uint32", {lane}) + '
            f'T.Cast("uint32", offset[{n}]))')
     if acc_shift:
@@ -404,8 +449,7 @@ def _store_text(N: int, requant: OutputRange | None, out_dtype: str, y_index: st
                    f'((T.int64(1) << shift[{n}]) >> T.int64(1))) >> shift[{n}]')
         value = (f'T.Cast("{out_dtype}", T.max(T.min(({shifted}) + T.int64({requant.zero_point}),'
                  f' T.int64({requant.hi})), T.int64({requant.lo})))')
-    store = f"y[{y_index}] = {value}"
-    return f"if {n} < {N}:\n" + " " * 32 + store if guard_n else store
+    return value
 
 
 def _byte(expr: str, a_dtype: str) -> str:
@@ -440,7 +484,7 @@ _PACKED_K = ("for kb in T.serial({KB}):", "kb", 'pack.vload([mo * {MB} + mi, kb 
 def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
                  out_shape, out_dtype: str, y_index: str, requant: OutputRange | None,
                  k_reads: tuple[str, str, str, str] = _PACKED_K,
-                 channel_major: bool = False, acc_shift: int = 0) -> str:
+                 channel_major: bool = False, acc_shift: int = 0, ohw: int = 0) -> str:
     """TVMScript of one layer: ``pack_loops`` (the statements that lay the activation bytes
     out, e.g. the GEMM's (MP, KP) ``pack``), the register-blocked GEMM with its K loop and
     reads ``k_reads`` (:data:`_PACKED_K`, or the direct conv's), and the epilogue."""
@@ -462,6 +506,11 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
                         halves=path == "avx2w8")
     kloop, kbi, a4, a1 = (r.replace("{KB}", str(g.KB)).replace("{MB}", str(g.MB))
                           for r in k_reads)
+    rows = _store_rows(g, ohw) if channel_major else 0
+    if rows:
+        return _grouped_source(g, path, args, pack_loops, out_shape, out_dtype, requant,
+                               acc_shift, rows, ohw, by_channel, guard_n,
+                               (kloop, kbi, a4, a1))
     update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
         "{A1}", a1).replace("{KBI}", kbi)
     store_loops = (_STORE_CHANNELS if channel_major else _STORE_ROWS).replace(
@@ -476,6 +525,42 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
         outer="o" if by_channel else "mo", outer_n=g.NO if by_channel else g.MP // g.MB,
         inner="mo" if by_channel else "o", inner_n=g.MP // g.MB if by_channel else g.NO,
         pack_loops=pack_loops, update=update)
+
+
+def _store_rows(g: _Gemm, ohw: int) -> int:
+    """``R``, the output pixels per channel stored together by the grouped epilogue: the
+    largest of 32, 16, 8, 4 that is a multiple of ``MB`` and divides ``ohw`` (the pixels of
+    one image, so a group never spans two images), else 0 (the per-block epilogue). Before
+    this, a block's ``MB`` rows were stored channel by channel as scalars: 16 lines written
+    a few bytes at a time, at the channel stride (4 KB apart for int32 at 32x32)."""
+    if ohw <= 0:
+        return 0
+    return next((r for r in (32, 16, 8, 4) if r % g.MB == 0 and ohw % r == 0 and r <= g.M),
+                0)
+
+
+def _grouped_source(g: _Gemm, path: str, args: list[str], pack_loops: str, out_shape,
+                    out_dtype: str, requant, acc_shift: int, rows: int, ohw: int,
+                    by_channel: bool, guard_n: bool, reads) -> str:
+    """:data:`_GROUPED_TEMPLATE` for a channel-major conv (``rows`` = R, see
+    :func:`_store_rows`); the register block index is ``mo = mg*G + g``."""
+    kloop, kbi, a4, a1 = (re.sub(r"\bmo\b", f"(mg * {rows // g.MB} + g)", r) for r in reads)
+    update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
+        "{A1}", a1).replace("{KBI}", kbi)
+    update = "\n".join("    " + line if line.strip() else line for line in update.split("\n"))
+    n = "((o * {NB} + t) * 16 + l)".replace("{NB}", str(g.NB))
+    value = _output_value("tile[t, l, r]", n, requant, out_dtype, acc_shift)
+    groups = g.MP // rows
+    return _GROUPED_TEMPLATE.format(
+        args=", ".join(args), MB=g.MB, NB=g.NB, G=rows // g.MB, R=rows, OHW=ohw,
+        NOHW=g.N * ohw, YSIZE=g.M * g.N, ODT=out_dtype,
+        ACCW=2 * LANES if path == "avx2w8" else LANES, kloop=kloop, update=update,
+        lane=_lane(path == "avx2w8"), value=value,
+        guard=f"if {n} < {g.N}:\n" + " " * 20 if guard_n else "",
+        guard_pad="    " if guard_n else "",
+        outer="o" if by_channel else "mg", outer_n=g.NO if by_channel else groups,
+        inner="mg" if by_channel else "o", inner_n=groups if by_channel else g.NO,
+        pack_loops=pack_loops)
 
 
 def _requant_te(requant: OutputRange, N: int, out_dtype: str):
@@ -794,7 +879,7 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
         return _gemm_source(g, path, spec.in_shape, spec.a_dtype, _xpad_loops(spec, zero_point),
                             spec.out_shape, spec.out_dtype, y_index, spec.requant,
                             _direct_k_reads(spec, g), channel_major=True,
-                            acc_shift=spec.acc_shift)
+                            acc_shift=spec.acc_shift, ohw=OH * OW)
     HP, WP = spec.H + pt + pb, spec.W + pl + pr
     src, pad_text = "x", ""
     if any(spec.pads):  # pad once (zero point), so the im2col copy has no bounds checks
@@ -813,7 +898,7 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
         f"(c * {KH} + kh) * {KW} + kw", f"{src}[b, c, oh * {sh} + kh, ow * {sw} + kw]")
     return _gemm_source(g, path, spec.in_shape, spec.a_dtype, pack, spec.out_shape,
                         spec.out_dtype, y_index, spec.requant, channel_major=True,
-                        acc_shift=spec.acc_shift)
+                        acc_shift=spec.acc_shift, ohw=OH * OW)
 
 
 def _xpad_width(spec: ConvSpec) -> int:

@@ -208,6 +208,36 @@ def test_direct_conv_on_every_path(target, bits):
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, OUT, 1))
 
 
+@pytest.mark.parametrize("target,bits", [(HOST, 8), (AVX2, 7), (AVX2, 8), (PLAIN, 8)],
+                         ids=["host", "avx2", "avx2w8", "generic"])
+@pytest.mark.parametrize("batch,hw,oc,out,acc_shift,rows", [
+    (3, (8, 8), 16, U8, 0, 32),      # R = 32 output pixels per channel store, 2 per image
+    (2, (4, 6), 19, OUT, 2, 8),      # 24 pixels: R = 8; 19 channels: the last tile guarded
+    (1, (2, 2), 40, None, 0, 4),     # int32 accumulators out, R = one whole image
+    (2, (3, 3), 16, U8, 0, 0)])      # 9 pixels: no R divides them, per-block stores
+def test_grouped_conv_epilogue_is_bit_exact(target, bits, batch, hw, oc, out, acc_shift, rows):
+    """Channel-major convs whose R-pixel row groups stay inside one image store each
+    channel's R pixels as one vector from an L1 tile (``_GROUPED_TEMPLATE``); the rest keep
+    the per-block stores."""
+    rng = np.random.default_rng(oc + bits)
+    spec = k8.ConvSpec(batch, 6, *hw, oc, 3, 3, (1, 1), (1, 1, 1, 1), bits, "uint8", out,
+                       acc_shift)
+    g = spec.gemm
+    block = k8._Gemm(g.M, g.K, g.N, *g.block_for(k8.kernel_path(target, bits)))
+    want_rows = rows if rows % block.MB == 0 else 0
+    assert k8._store_rows(block, spec.OH * spec.OW) == want_rows
+    assert ("tile = T.alloc_buffer" in k8.conv_source(spec, target, 5)) == bool(want_rows)
+    x = _codes(rng, "uint8", spec.in_shape)
+    w = _weights(rng, bits, (oc, 6, 3, 3))
+    bias, mult, shift = _params(rng, oc)
+    packed = k8.pack_conv_weights(spec, target, w, bias=bias, a_zero_point=5, mult=mult,
+                                  shift=shift)
+    got = k8.build_conv(spec, target, 5)(x, packed)
+    acc = (_conv_reference(x, w, 5, 0, (1, 1), (1, 1, 1, 1), 1) << acc_shift) + \
+        np.asarray(bias).reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, out, 1))
+
+
 @pytest.mark.parametrize("k,stride,pads", [(3, (1, 1), (1, 1, 1, 1)), (3, (2, 2), (1, 0, 1, 1)),
                                            (5, (1, 1), (2, 2, 2, 2)), (5, (2, 2), (0, 0, 0, 0))])
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
