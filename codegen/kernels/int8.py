@@ -398,7 +398,8 @@ def main({args}):
                     tile[t, l, g * {MB} + mi] = {lane}
             for t, l in T.grid({NB}, 16):
                 {guard}for r in T.vectorized({R}):
-                    {guard_pad}yf[mg * {R} // {OHW} * {NOHW} + ((o * {NB} + t) * 16 + l) * {OHW} + mg * {R} % {OHW} + r] = {value}
+                    {guard_pad}yf[mg * {R} // {OHW} * {NOHW} + ((o * {NB} + t) * 16 + l) * {OHW}
+                       + mg * {R} % {OHW} + r] = {value}
 """
 
 #: the epilogue's loops over the register block: row-major outputs ((M, N): a tile's 16
