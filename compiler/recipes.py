@@ -20,7 +20,9 @@ Resolution (:meth:`Recipe.spec_for`), highest precedence first::
 
     nodes[name]  >  ops[op_type]  >  first/last int8 rule  >  default
 
-and then, with ``reduce_range`` true, a resolved uniform 8-bit weight spec takes 7 bits.
+and then, with ``reduce_range`` true, a resolved uniform 8-bit weight spec takes 7 bits --
+except the first/last int8 layers of a recipe whose default is not 8-bit (they are kept for
+accuracy) when no op or node override names them.
 
 Each override is merged field by field onto the level below it; a field the override leaves
 unset keeps the lower level's value, except that when an override changes a ``format`` the
@@ -546,13 +548,19 @@ class Recipe:
         one below."""
         op_type = _op_name(op_type)
         spec = self.default
+        # the first/last int8 exception of a low-bit recipe keeps its 8 bits (it is there for
+        # accuracy) unless an override speaks about the layer
+        kept = False
         if self.first_last_int8 and (is_first or is_last):
             spec = _first_last_spec(self.default)
+            kept = not _eight_bit(self.default.weights)
         if op_type in self.ops:
             spec = self.ops[op_type].apply(spec, f"recipe ops.{op_type}")
+            kept = False
         if node_name in self.nodes:
             spec = self.nodes[node_name].apply(spec, f"recipe nodes.{_node_key(node_name)}")
-        if self.reduce_range and spec.weights.format == "uniform" and spec.weights.bits == 8:
+            kept = False
+        if self.reduce_range and _eight_bit(spec.weights) and not kept:
             spec = replace(spec, weights=replace(spec.weights, bits=7))
         return None if spec.exclude else spec
 
@@ -585,6 +593,10 @@ class Recipe:
         ``base`` names the preset to build on when ``data`` names none (``--quant`` given
         beside ``--recipe``); a ``preset`` key in ``data`` wins over it."""
         return _recipe_from_dict(data, base)
+
+
+def _eight_bit(weights: WeightSpec) -> bool:
+    return weights.format == "uniform" and weights.bits == 8
 
 
 def _op_name(op_type: str | Op) -> str:

@@ -145,11 +145,22 @@ def test_first_last_int8_can_be_switched_off():
 
 
 def test_reduce_range_turns_uniform_8_bit_weights_into_7_bit():
-    recipe = dataclasses.replace(preset("w4a8"), reduce_range=True,
-                                 nodes={"pw": LayerOverride(WeightOverride(format="pow2"))})
-    first = recipe.spec_for("c0", "Conv", is_first=True)
-    assert first.weights == dataclasses.replace(INT8_WEIGHTS, bits=7)
-    assert first.activations == INT8_ACTIVATIONS  # activations keep their 8 bits
+    seven = dataclasses.replace(INT8_WEIGHTS, bits=7)
+    int8 = dataclasses.replace(preset("int8"), reduce_range=True)
+    for first, last in ((False, False), (True, False), (False, True)):
+        spec = int8.spec_for("c", "Conv", is_first=first, is_last=last)
+        assert spec.weights == seven and spec.activations == INT8_ACTIVATIONS
+    recipe = dataclasses.replace(
+        preset("w4a8"), reduce_range=True,
+        nodes={"pw": LayerOverride(WeightOverride(format="pow2")),
+               "fc": LayerOverride(WeightOverride(bits=8))},
+        ops={"MatMul": LayerOverride(WeightOverride(bits=8))})
+    # a low-bit recipe's first/last int8 layers are there for accuracy: they keep 8 bits ...
+    assert recipe.spec_for("c0", "Conv", is_first=True).weights == INT8_WEIGHTS
+    # ... unless an override names them, like any other 8-bit layer
+    assert recipe.spec_for("fc", "Gemm", is_last=True).weights == seven
+    assert recipe.spec_for("mm", "MatMul", is_last=True).weights == seven
+    assert recipe.spec_for("mm", "MatMul").weights == seven
     assert recipe.spec_for("mid", "Conv").weights.bits == 4  # only 8-bit weights change
     assert recipe.spec_for("pw", "Conv").weights.format == "pow2"
     assert preset("int8").reduce_range is None  # "auto": the compile target decides
