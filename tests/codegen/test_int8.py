@@ -210,6 +210,32 @@ def test_direct_conv_on_every_path(target, bits):
 
 @pytest.mark.parametrize("target,bits", [(HOST, 8), (AVX2, 7), (AVX2, 8), (PLAIN, 8)],
                          ids=["host", "avx2", "avx2w8", "generic"])
+@pytest.mark.parametrize("c,k,stride,pads,a_dtype,out", [
+    (8, 3, (1, 1), (1, 1, 1, 1), "uint8", U8), (12, 3, (2, 2), (0, 1, 2, 0), "int8", OUT),
+    (4, 7, (2, 2), (3, 3, 3, 3), "uint8", None), (16, 5, (1, 2), (2, 0, 1, 2), "int8", OUT)])
+def test_channel_packed_direct_conv_is_bit_exact(target, bits, c, k, stride, pads, a_dtype,
+                                                 out):
+    """C % 4 == 0: the direct conv reads a channels-last image, 4 channels per group, and
+    the weights are packed (kh, kw, c) -- no padded taps."""
+    rng = np.random.default_rng(c * k + bits)
+    spec = k8.ConvSpec(2, c, 9, 10, 21, k, k, stride, pads, bits, a_dtype, out)
+    assert spec.channels_packed and spec.direct and spec.KQ == k
+    assert spec.gemm.K == c * k * k
+    hp, wp = 9 + pads[0] + pads[2], 10 + pads[1] + pads[3]  # channels last
+    assert f"xpad = T.alloc_buffer(({spec.B}, {hp}, {wp}, {c})" in k8.conv_source(spec, target, 1)
+    x = _codes(rng, a_dtype, spec.in_shape)
+    w = _weights(rng, bits, (21, c, k, k))
+    zx = int(_codes(rng, a_dtype, ()))
+    bias, mult, shift = _params(rng, 21)
+    packed = k8.pack_conv_weights(spec, target, w, bias=bias, a_zero_point=zx, mult=mult,
+                                  shift=shift)
+    got = k8.build_conv(spec, target, zx)(x, packed)
+    acc = _conv_reference(x, w, zx, bias, stride, pads, 1)
+    np.testing.assert_array_equal(got, _requant(acc, mult, shift, out, 1))
+
+
+@pytest.mark.parametrize("target,bits", [(HOST, 8), (AVX2, 7), (AVX2, 8), (PLAIN, 8)],
+                         ids=["host", "avx2", "avx2w8", "generic"])
 @pytest.mark.parametrize("batch,hw,oc,out,acc_shift,rows", [
     (3, (8, 8), 16, U8, 0, 32),      # R = 32 output pixels per channel store, 2 per image
     (2, (4, 6), 19, OUT, 2, 8),      # 24 pixels: R = 8; 19 channels: the last tile guarded
