@@ -95,15 +95,16 @@ def bench_gemm(M, K, N, target, args) -> None:
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (M, K)).astype(np.uint8)
-    w = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    lim = 1 << (args.bits - 1)
+    w = rng.integers(-lim + 1, lim, (K, N)).astype(np.int8)
     zx = 128
-    spec = k8.Int8Spec(M, K, N, 8, "uint8", k8.OutputRange(0, 0, 255))
+    spec = k8.Int8Spec(M, K, N, args.bits, "uint8", k8.OutputRange(0, 0, 255))
     packed = k8.pack_weights(spec, target, w, bias=rng.integers(-999, 999, N), a_zero_point=zx,
                              mult=rng.integers(1 << 30, 1 << 31, N), shift=45)
     kernel = k8.build(spec, target)
     fp32, int8, ref = ort_matmul(x, w, zx, args.threads)
-    got = k8.build(k8.Int8Spec(M, K, N), target)(
-        x, k8.pack_weights(k8.Int8Spec(M, K, N), target, w, a_zero_point=zx))
+    acc_spec = k8.Int8Spec(M, K, N, args.bits)
+    got = k8.build(acc_spec, target)(x, k8.pack_weights(acc_spec, target, w, a_zero_point=zx))
     exact = (x.astype(np.int64) - zx) @ w.astype(np.int64)
     assert np.array_equal(got, exact), "lowbit accumulator != numpy int64 GEMM"
     if not np.array_equal(ref, exact):  # MLAS's AVX2 u8s8 kernel saturates in vpmaddubsw
@@ -123,12 +124,13 @@ def bench_conv(target, args) -> None:
     rng = np.random.default_rng(1)
     zx = 128
     out = k8.OutputRange(0, 0, 255)
-    dense = k8.ConvSpec(1, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1, 1, 1), requant=out)
+    dense = k8.ConvSpec(1, 64, 56, 56, 64, 3, 3, (1, 1), (1, 1, 1, 1), args.bits, requant=out)
     dw = k8.DepthwiseSpec(1, 128, 56, 56, 3, 3, (1, 1), (1, 1, 1, 1), requant=out)
     for spec, group in ((dense, 1), (dw, dw.C)):
         x = rng.integers(0, 256, spec.in_shape).astype(np.uint8)
         if group == 1:
-            w = rng.integers(-128, 128, (spec.OC, spec.C, spec.KH, spec.KW)).astype(np.int8)
+            lim = 1 << (args.bits - 1)
+            w = rng.integers(-lim + 1, lim, (spec.OC, spec.C, spec.KH, spec.KW)).astype(np.int8)
             packed = k8.pack_conv_weights(spec, target, w, a_zero_point=zx, mult=1 << 30,
                                           shift=45)
             kernel = k8.build_conv(spec, target, zx)
@@ -157,6 +159,8 @@ def main(argv=None) -> None:
     parser.add_argument("--number", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--target", default="x86")
+    parser.add_argument("--bits", type=int, default=8,
+                        help="weight bits of the dense layers (7: reduce_range's weights)")
     args = parser.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before the pool starts
 
