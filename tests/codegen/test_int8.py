@@ -265,7 +265,8 @@ def test_grouped_conv_epilogue_is_bit_exact(target, bits, batch, hw, oc, out, ac
 
 
 @pytest.mark.parametrize("k,stride,pads", [(3, (1, 1), (1, 1, 1, 1)), (3, (2, 2), (1, 0, 1, 1)),
-                                           (5, (1, 1), (2, 2, 2, 2)), (5, (2, 2), (0, 0, 0, 0))])
+                                           (5, (1, 1), (2, 2, 2, 2)), (5, (2, 2), (0, 0, 0, 0)),
+                                           (3, (1, 1), (0, 0, 0, 0)), (3, (1, 1), (0, 2, 1, 0))])
 @pytest.mark.parametrize("a_dtype", ["uint8", "int8"])
 def test_depthwise_is_bit_exact(k, stride, pads, a_dtype):
     rng = np.random.default_rng(k * 10 + stride[0])
