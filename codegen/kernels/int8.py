@@ -367,14 +367,17 @@ def main({args}):
     for {outer} in T.parallel({outer_n}):
         acc = T.alloc_buffer(({MB}, {NB}, {ACCW}), "int32", scope="local")
         for {inner} in T.serial({inner_n}):
-            for mi, t in T.grid({MB}, {NB}):
+{block}
+{store_loops}
+"""
+
+#: one register block: ``acc`` zeroed, then the K loop of tile updates (12-space indent)
+_REGISTER_BLOCK = """            for mi, t in T.grid({MB}, {NB}):
                 for l in T.vectorized({ACCW}):
                     acc[mi, t, l] = 0
             {kloop}
                 for mi in T.unroll({MB}):
-                    for t in T.unroll({NB}):{update}
-{store_loops}
-"""
+                    for t in T.unroll({NB}):{update}"""
 
 #: channel-major convs whose row groups stay inside one image (:func:`_store_rows`): ``G``
 #: register blocks of ``MB`` rows fill an L1 ``tile`` (NB, 16, R) first, then each channel's
@@ -391,12 +394,7 @@ def main({args}):
         tile = T.alloc_buffer(({NB}, 16, {R}), "int32", scope="local")
         for {inner} in T.serial({inner_n}):
             for g in T.serial({G}):
-                for mi, t in T.grid({MB}, {NB}):
-                    for l in T.vectorized({ACCW}):
-                        acc[mi, t, l] = 0
-                {kloop}
-                    for mi in T.unroll({MB}):
-                        for t in T.unroll({NB}):{update}
+{block}
                 for mi, t, l in T.grid({MB}, {NB}, 16):
                     tile[t, l, g * {MB} + mi] = {lane}
             for t, l in T.grid({NB}, 16):
@@ -508,15 +506,10 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
     guard_n = g.N % (g.NB * LANES) != 0
     store = _store_text(g.N, requant, out_dtype, y_index, guard_n, acc_shift,
                         halves=path == "avx2w8")
-    kloop, kbi, a4, a1 = (r.replace("{KB}", str(g.KB)).replace("{MB}", str(g.MB))
-                          for r in k_reads)
     rows = _store_rows(g, ohw) if channel_major else 0
     if rows:
-        return _grouped_source(g, path, args, pack_loops, out_shape, out_dtype, requant,
-                               acc_shift, rows, ohw, by_channel, guard_n,
-                               (kloop, kbi, a4, a1))
-    update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
-        "{A1}", a1).replace("{KBI}", kbi)
+        return _grouped_source(g, path, args, pack_loops, out_dtype, requant, acc_shift, rows,
+                               ohw, by_channel, guard_n, k_reads)
     store_loops = (_STORE_CHANNELS if channel_major else _STORE_ROWS).replace(
         "{MB}", str(g.MB)).replace("{NB}", str(g.NB)).replace("{M}", str(g.M)).replace(
         "{lane_kind}", "serial" if guard_n else "vectorized")
@@ -525,10 +518,23 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
     store_loops = store_loops.replace("{store}", store.replace("{NB}", str(g.NB)))
     return _GEMM_TEMPLATE.format(
         args=", ".join(args), MB=g.MB, NB=g.NB, ACCW=2 * LANES if path == "avx2w8" else LANES,
-        kloop=kloop, store_loops=store_loops,
+        block=_register_block(g, path, k_reads),
+        store_loops=store_loops,
         outer="o" if by_channel else "mo", outer_n=g.NO if by_channel else g.MP // g.MB,
         inner="mo" if by_channel else "o", inner_n=g.MP // g.MB if by_channel else g.NO,
-        pack_loops=pack_loops, update=update)
+        pack_loops=pack_loops)
+
+
+def _register_block(g: _Gemm, path: str, k_reads, indent: str = "") -> str:
+    """:data:`_REGISTER_BLOCK` for ``path`` with the K loop and reads ``k_reads``, every
+    line indented by ``indent`` more."""
+    kloop, kbi, a4, a1 = (r.replace("{KB}", str(g.KB)).replace("{MB}", str(g.MB))
+                          for r in k_reads)
+    update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
+        "{A1}", a1).replace("{KBI}", kbi)
+    text = _REGISTER_BLOCK.format(MB=g.MB, NB=g.NB, kloop=kloop, update=update,
+                                  ACCW=2 * LANES if path == "avx2w8" else LANES)
+    return "\n".join(indent + line if line.strip() else line for line in text.split("\n"))
 
 
 def _store_rows(g: _Gemm, ohw: int) -> int:
@@ -543,23 +549,21 @@ def _store_rows(g: _Gemm, ohw: int) -> int:
                 0)
 
 
-def _grouped_source(g: _Gemm, path: str, args: list[str], pack_loops: str, out_shape,
-                    out_dtype: str, requant, acc_shift: int, rows: int, ohw: int,
-                    by_channel: bool, guard_n: bool, reads) -> str:
+def _grouped_source(g: _Gemm, path: str, args: list[str], pack_loops: str, out_dtype: str,
+                    requant, acc_shift: int, rows: int, ohw: int, by_channel: bool,
+                    guard_n: bool, k_reads) -> str:
     """:data:`_GROUPED_TEMPLATE` for a channel-major conv (``rows`` = R, see
     :func:`_store_rows`); the register block index is ``mo = mg*G + g``."""
-    kloop, kbi, a4, a1 = (re.sub(r"\bmo\b", f"(mg * {rows // g.MB} + g)", r) for r in reads)
-    update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
-        "{A1}", a1).replace("{KBI}", kbi)
-    update = "\n".join("    " + line if line.strip() else line for line in update.split("\n"))
+    reads = tuple(re.sub(r"\bmo\b", f"(mg * {rows // g.MB} + g)", r) for r in k_reads)
     n = "((o * {NB} + t) * 16 + l)".replace("{NB}", str(g.NB))
     value = _output_value("tile[t, l, r]", n, requant, out_dtype, acc_shift)
     groups = g.MP // rows
     return _GROUPED_TEMPLATE.format(
         args=", ".join(args), MB=g.MB, NB=g.NB, G=rows // g.MB, R=rows, OHW=ohw,
         NOHW=g.N * ohw, YSIZE=g.M * g.N, ODT=out_dtype,
-        ACCW=2 * LANES if path == "avx2w8" else LANES, kloop=kloop, update=update,
-        lane=_lane(path == "avx2w8"), value=value,
+        ACCW=2 * LANES if path == "avx2w8" else LANES,
+        block=_register_block(g, path, reads, "    "), lane=_lane(path == "avx2w8"),
+        value=value,
         guard=f"if {n} < {g.N}:\n" + " " * 20 if guard_n else "",
         guard_pad="    " if guard_n else "",
         outer="o" if by_channel else "mg", outer_n=g.NO if by_channel else groups,
@@ -897,12 +901,10 @@ def conv_source(spec: ConvSpec, target: Target, zero_point: int) -> str:
     y_index = (f"{row} // {OH * OW}, (o * {g.NB} + t) * 16 + l, {row} // {OW} % {OH}, "
                f"{row} % {OW}")
     if spec.direct:
-        packed = spec.channels_packed
-        return _gemm_source(g, path, spec.in_shape, spec.a_dtype,
-                            (_packed_xpad_loops if packed else _xpad_loops)(spec, zero_point),
+        return _gemm_source(g, path, spec.in_shape, spec.a_dtype, _xpad_loops(spec, zero_point),
                             spec.out_shape, spec.out_dtype, y_index, spec.requant,
-                            (_packed_k_reads if packed else _direct_k_reads)(spec, g),
-                            channel_major=True, acc_shift=spec.acc_shift, ohw=OH * OW)
+                            _direct_k_reads(spec, g), channel_major=True,
+                            acc_shift=spec.acc_shift, ohw=OH * OW)
     HP, WP = spec.H + pt + pb, spec.W + pl + pr
     src, pad_text = "x", ""
     if any(spec.pads):  # pad once (zero point), so the im2col copy has no bounds checks
@@ -930,58 +932,46 @@ def _xpad_width(spec: ConvSpec) -> int:
     return max(spec.W + spec.pads[1] + spec.pads[3], (spec.OW - 1) * spec.stride[1] + spec.KQ)
 
 
-def _packed_xpad_loops(spec: ConvSpec, zero_point: int) -> str:
-    """The channel-packed direct conv's prologue: ``xpad`` (B, HP, WP, C) uint8, channels
-    last, the GEMM bytes of the zero-point-padded input."""
-    HP, WP = spec.H + spec.pads[0] + spec.pads[2], spec.W + spec.pads[1] + spec.pads[3]
-    pt, pl = spec.pads[:2]
-    fill = f"T.uint8({(zero_point + (128 if spec.a_dtype == 'int8' else 0)) & 0xFF})"
-    return "\n".join([
-        f'    xpad = T.alloc_buffer(({spec.B}, {HP}, {WP}, {spec.C}), "uint8")',
-        f"    for b, hp, wp, c in T.grid({spec.B}, {HP}, {WP}, {spec.C}):",
-        f"        xpad[b, hp, wp, c] = {fill}",
-        f"    for b, h, w_, c in T.grid({spec.B}, {spec.H}, {spec.W}, {spec.C}):",
-        f"        xpad[b, h + {pt}, w_ + {pl}, c] = {_byte('x[b, c, h, w_]', spec.a_dtype)}"])
-
-
-def _packed_k_reads(spec: ConvSpec, g: _Gemm) -> tuple[str, str, str, str]:
-    """The channel-packed direct conv's K loop ``(kh, kw, cq)`` (``kb = (kh*KW + kw)*C/4 +
-    cq``): the 4-byte group of row ``r = (b, oh, ow)`` is ``xpad[b, oh*sh + kh, ow*sw + kw,
-    4cq ..]`` (rows past M, never stored, read row M-1)."""
-    (sh, sw), OH, OW = spec.stride, spec.OH, spec.OW
-    c4 = spec.C // GROUP
-    r = f"T.min(mo * {g.MB} + mi, {g.M - 1})"
-    at = f"{r} // {OH * OW}, {r} // {OW} % {OH} * {sh} + kh, {r} % {OW} * {sw} + kw, cq * 4"
-    return (f"for kh, kw, cq in T.grid({spec.KH}, {spec.KW}, {c4}):",
-            f"(kh * {spec.KW} + kw) * {c4} + cq", f'xpad.vload([{at}], "uint8x4")',
-            f"xpad[{at} + i]")
-
-
 def _xpad_loops(spec: ConvSpec, zero_point: int) -> str:
-    """The direct conv's prologue: ``xpad`` (B, C, HP, WPX) uint8 = the GEMM bytes of the
-    zero-point-padded input (fill with byte(z_x), then copy the rows in)."""
+    """The direct conv's prologue: ``xpad`` uint8 = the GEMM bytes of the zero-point-padded
+    input (fill with byte(z_x), then copy the rows in): (B, C, HP, WPX), or channels last
+    (B, HP, WP, C) when :attr:`ConvSpec.channels_packed`."""
     HP, WPX = spec.H + spec.pads[0] + spec.pads[2], _xpad_width(spec)
     pt, pl = spec.pads[:2]
     fill = f"T.uint8({(zero_point + (128 if spec.a_dtype == 'int8' else 0)) & 0xFF})"
+    dims, inner = ("b, hp, wp, c", "b, h + {pt}, w_ + {pl}, c") if spec.channels_packed else \
+        ("b, c, hp, wp", "b, c, h + {pt}, w_ + {pl}")
+    sizes = {"b": spec.B, "c": spec.C, "hp": HP, "wp": WPX, "h": spec.H, "w_": spec.W}
+    grid = ", ".join(str(sizes[d]) for d in dims.split(", "))
+    copy = dims.replace("hp", "h").replace("wp", "w_")
     return "\n".join([
-        f'    xpad = T.alloc_buffer(({spec.B}, {spec.C}, {HP}, {WPX}), "uint8")',
-        f"    for b, c, hp, wp in T.grid({spec.B}, {spec.C}, {HP}, {WPX}):",
-        f"        xpad[b, c, hp, wp] = {fill}",
-        f"    for b, c, h, w_ in T.grid({spec.B}, {spec.C}, {spec.H}, {spec.W}):",
-        f"        xpad[b, c, h + {pt}, w_ + {pl}] = {_byte('x[b, c, h, w_]', spec.a_dtype)}"])
+        f'    xpad = T.alloc_buffer(({grid}), "uint8")',
+        f"    for {dims} in T.grid({grid}):",
+        f"        xpad[{dims}] = {fill}",
+        f"    for {copy} in T.grid({', '.join(str(sizes[d]) for d in copy.split(', '))}):",
+        f"        xpad[{inner.format(pt=pt, pl=pl)}] = {_byte('x[b, c, h, w_]', spec.a_dtype)}"])
 
 
 def _direct_k_reads(spec: ConvSpec, g: _Gemm) -> tuple[str, str, str, str]:
-    """The direct conv's K loop ``(c, kh, q)`` (``kb = (c*KH + kh)*KQ/4 + q``) and its reads:
-    the 4-byte group of row ``r = (b, oh, ow)`` is ``xpad[b, c, oh*sh + kh, ow*sw + 4q ..]``
-    (rows past M, never stored, read row M-1)."""
+    """The direct conv's K loop and its reads; the 4-byte group of row ``r = (b, oh, ow)``
+    (rows past M, never stored, read row M-1) is ``xpad[b, c, oh*sh + kh, ow*sw + 4q ..]``
+    over ``(c, kh, q)`` (``kb = (c*KH + kh)*KQ/4 + q``), or, channels packed,
+    ``xpad[b, oh*sh + kh, ow*sw + kw, 4cq ..]`` over ``(kh, kw, cq)`` (``kb = (kh*KW +
+    kw)*C/4 + cq``)."""
     (sh, sw), OH, OW = spec.stride, spec.OH, spec.OW
-    q4 = spec.KQ // GROUP
     r = f"T.min(mo * {g.MB} + mi, {g.M - 1})"
-    at = f"{r} // {OH * OW}, c, {r} // {OW} % {OH} * {sh} + kh, {r} % {OW} * {sw} + q * 4"
-    return (f"for c, kh, q in T.grid({spec.C}, {spec.KH}, {q4}):",
-            f"(c * {spec.KH} + kh) * {q4} + q", f'xpad.vload([{at}], "uint8x4")',
-            f"xpad[{at} + i]")
+    b, h, w = f"{r} // {OH * OW}", f"{r} // {OW} % {OH} * {sh} + kh", f"{r} % {OW} * {sw}"
+    if spec.channels_packed:
+        c4 = spec.C // GROUP
+        at = f"{b}, {h}, {w} + kw, cq * 4"
+        loop, kb = (f"for kh, kw, cq in T.grid({spec.KH}, {spec.KW}, {c4}):",
+                    f"(kh * {spec.KW} + kw) * {c4} + cq")
+    else:
+        q4 = spec.KQ // GROUP
+        at = f"{b}, c, {h}, {w} + q * 4"
+        loop, kb = (f"for c, kh, q in T.grid({spec.C}, {spec.KH}, {q4}):",
+                    f"(c * {spec.KH} + kh) * {q4} + q")
+    return loop, kb, f'xpad.vload([{at}], "uint8x4")', f"xpad[{at} + i]"
 
 
 def lower_conv(spec: ConvSpec, target: Target, zero_point: int = 0):
