@@ -318,7 +318,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
         label = recipe and "recipe" or quant
         recipe = target_recipe(resolve_recipe(quant, recipe), tgt)
         if recipe.reduce_range:
-            label += ", 8-bit weights at 7 bits (reduce_range)"
+            label += " (reduce_range)"
         with log.stage("quantize", label):
             graph = quantize(graph, quant=quant, calib=calib, recipe=recipe,
                              dump_ir=None if dump is None else dump / "quantize")
