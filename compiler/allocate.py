@@ -235,7 +235,7 @@ class Plan:
     @property
     def reconstructs(self) -> bool:
         """True when a chosen candidate :attr:`~lowbit.passes.analysis.Candidate.reconstructs`
-        (any weights but uniform 8-bit); the plan then reconstructs its layers in order."""
+        (any weights but uniform 7/8-bit); the plan then reconstructs its layers in order."""
         return any(self.table.candidates[c].reconstructs for c in self.choice)
 
     @property
@@ -318,9 +318,10 @@ def _masked_min(matrix: np.ndarray, allowed: np.ndarray) -> float:
 
 
 def int8_candidates(table) -> list[int]:
-    """Indices of the uniform w8a8 candidates."""
+    """Indices of the uniform w8a8 candidates (and their 7-bit twins, the int8 candidates of
+    a ``reduce_range`` target: :func:`lowbit.passes.analysis.reduced_range`)."""
     return [c for c, cand in enumerate(table.candidates)
-            if cand.weights.format == "uniform" and cand.weights.bits == 8
+            if cand.weights.format == "uniform" and cand.weights.bits in (7, 8)
             and cand.activations.format == "uniform" and cand.activations.bits == 8]
 
 

@@ -70,8 +70,9 @@ class Planner:
     ``model``: ONNX path / bytes / ModelProto (or a lowbit Graph); ``target``: a target name;
     ``calib``: calibration data as for :func:`lowbit.quantize`; ``candidates``: the
     :class:`~lowbit.passes.analysis.Candidate` set (default
-    :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`); ``metric``: ``"sqnr"`` | ``"kl"`` | a
-    callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency and
+    :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`, its uniform 8-bit weights at 7 bits on
+    a target that reduces the range, like the int8 preset there); ``metric``: ``"sqnr"`` |
+    ``"kl"`` | a callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency and
     sensitivity caches (default ``$XDG_CACHE_HOME/lowbit``; ``sensitivity_cache=False`` keeps
     sensitivities in memory only); ``measure=False`` skips timing (no latency budgets);
     ``jobs``: worker processes for sensitivity, quantizing and compiling (None:
@@ -95,6 +96,12 @@ class Planner:
         self.graph: Graph = _float_graph(model, input_shapes)
         self.calib = as_calibration_set(self.graph, calib)
         self.candidates = tuple(DEFAULT_CANDIDATES if candidates is None else candidates)
+        if candidates is None:
+            from ..codegen.kernels.int8 import reduces_range
+            from ..passes.analysis import reduced_range
+
+            if reduces_range(self.target):  # the int8 preset's own weights on this target
+                self.candidates = reduced_range(self.candidates)
         self.metric = metric
         self.cache_dir = cache_dir
         self.measure = measure

@@ -11,7 +11,8 @@ from .sensitivity import (
     SensitivityTable,
     layer_sensitivity,
     quantizable_layers,
+    reduced_range,
 )
 
 __all__ = ["DEFAULT_CANDIDATES", "Candidate", "LayerInfo", "SensitivityTable",
-           "layer_sensitivity", "quantizable_layers"]
+           "layer_sensitivity", "quantizable_layers", "reduced_range"]

@@ -81,16 +81,31 @@ class Candidate:
 
     @property
     def reconstructs(self) -> bool:
-        """True unless the weights are uniform 8-bit: every lower-bit or non-uniform format is
-        refined by layer-wise reconstruction, in its sensitivity measurement and in a plan."""
+        """True unless the weights are uniform 7- or 8-bit: every lower-bit or non-uniform
+        format is refined by layer-wise reconstruction, in its sensitivity measurement and in
+        a plan."""
         return reconstructs(self.weights)
 
 
 def reconstructs(weights: WeightSpec) -> bool:
-    """The reconstruction rule of ``--quant auto``: weights other than uniform >= 8 bits get
+    """The reconstruction rule of ``--quant auto``: weights other than uniform >= 7 bits get
     layer-wise reconstruction (AdaRound/AdaQuant) -- without it a 2-bit layer's damage is
     misjudged (digits CNN, w2a8: 26.9% top-1 plain, 98.9% reconstructed)."""
-    return weights.format != "uniform" or weights.bits < 8
+    return weights.format != "uniform" or weights.bits < 7
+
+
+def reduced_range(candidates) -> tuple[Candidate, ...]:
+    """``candidates`` with uniform 8-bit weights at 7 bits (a recipe's ``reduce_range``) and
+    ``w8`` in their names spelled ``w7``: the int8 candidates of a target whose fast int8
+    kernel takes 7-bit weights (:func:`lowbit.codegen.kernels.int8.reduces_range`)."""
+    out = []
+    for cand in candidates:
+        w = cand.weights
+        if w.format == "uniform" and w.bits == 8:
+            name = "w7" + cand.name[2:] if cand.name.startswith("w8") else f"{cand.name}@w7"
+            cand = replace(cand, name=name, weights=replace(w, bits=7))
+        out.append(cand)
+    return tuple(out)
 
 
 def _weight_choices() -> list[tuple[str, WeightSpec]]:

@@ -1,6 +1,7 @@
 """allocate: ILP optimality vs brute force, budgets, infeasibility messages, determinism, and a
 size-budgeted plan for the digits CNN that compiles and meets its budget."""
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -145,6 +146,17 @@ def test_parse_budget():
         parse_budget("size=0.2,size=0.3")
     with pytest.raises(QuantizationError, match="positive"):
         parse_budget("bits=-1")
+
+
+def test_int8_candidates_include_the_7_bit_twins():
+    from lowbit.compiler.allocate import int8_candidates
+    from lowbit.passes.analysis import reduced_range
+
+    table, _ = synthetic(0, layers=2)
+    twins = dataclasses.replace(table, candidates=reduced_range(table.candidates))
+    assert int8_candidates(twins) == int8_candidates(table) == [0]
+    assert twins.candidates[0].name == "w7a8" and twins.candidates[0].weights.bits == 7
+    assert twins.candidates[1:] == table.candidates[1:]  # only 8-bit weights change
 
 
 def test_rows_recipe_and_save(tmp_path):

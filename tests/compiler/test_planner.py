@@ -16,7 +16,7 @@ from lowbit.compiler.planner import Planner, format_plan
 from lowbit.compiler.quantize import weight_size
 from lowbit.compiler.recipes import ActSpec, WeightSpec, load_recipe
 from lowbit.ir.errors import CalibrationError, QuantizationError
-from lowbit.passes.analysis import Candidate
+from lowbit.passes.analysis import DEFAULT_CANDIDATES, Candidate, reduced_range
 from lowbit.passes.analysis import sensitivity as sensitivity_module
 from lowbit.passes.calibrate import graph_input_types
 
@@ -215,7 +215,8 @@ def test_cli_compile_auto_writes_artifact_plan_and_report(capsys, tmp_path, cach
     assert out.is_file() and plan.is_file()
     assert "sensitivity" in err and "latency predicted" in err and "measured" in err
     assert len(load_recipe(plan).nodes) == 4
-    assert set(re.findall(r"w\da\d", err)) <= {c.name for c in CANDS}
+    # the candidates' names, w8 spelled w7 where the host reduces the range
+    assert set(re.findall(r"w\da\d", err)) <= {c.name for c in CANDS + reduced_range(CANDS)}
     # the saved plan compiles again with --recipe and gives the same weights
     code = main(["inspect", MODEL, "--recipe", str(plan), "--calib", str(calib),
                  "--input-shape", "input=30,1,8,8"])
@@ -285,3 +286,18 @@ def test_jobs_is_checked_and_defaults_to_the_cpus(monkeypatch):
     assert Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, jobs=1).jobs == 1
     with pytest.raises(LowbitError, match="jobs=0"):
         Planner(MODEL, "x86", _calib(), input_shapes=SHAPES, jobs=0)
+
+
+@pytest.mark.parametrize("target, bits", [("x86-avx2", 7), ("x86-avx512", 8), ("arm64", 8)])
+def test_default_candidates_follow_the_targets_int8(target, bits):
+    """Where the target reduces the range (AVX2 without VNNI) the int8 preset compiles 7-bit
+    weights, so the planner's 8-bit candidates are 7-bit there too; explicit sets are kept."""
+    planner = Planner(MODEL, target, _calib(), input_shapes=SHAPES)
+    eights = [c for c in planner.candidates if c.weights.format == "uniform"
+              and c.weights.bits in (7, 8)]
+    assert len(planner.candidates) == len(DEFAULT_CANDIDATES)
+    assert [c.name for c in eights] == [f"w{bits}a8", f"w{bits}a4", f"w{bits}a2"]
+    assert {c.weights.bits for c in eights} == {bits}
+    assert not any(c.reconstructs for c in eights)  # 7- and 8-bit: plain rounding
+    kept = Planner(MODEL, target, _calib(), input_shapes=SHAPES, candidates=CANDS)
+    assert kept.candidates == CANDS
