@@ -517,12 +517,17 @@ def _gemm_source(g: _Gemm, path: str, in_shape, a_dtype: str, pack_loops: str,
         store = store.replace("\n" + " " * 32, "\n" + " " * 32 + " " * 4)
     store_loops = store_loops.replace("{store}", store.replace("{NB}", str(g.NB)))
     return _GEMM_TEMPLATE.format(
-        args=", ".join(args), MB=g.MB, NB=g.NB, ACCW=2 * LANES if path == "avx2w8" else LANES,
+        args=", ".join(args), MB=g.MB, NB=g.NB, ACCW=_acc_width(path),
         block=_register_block(g, path, k_reads),
         store_loops=store_loops,
         outer="o" if by_channel else "mo", outer_n=g.NO if by_channel else g.MP // g.MB,
         inner="mo" if by_channel else "o", inner_n=g.MP // g.MB if by_channel else g.NO,
         pack_loops=pack_loops)
+
+
+def _acc_width(path: str) -> int:
+    """int32 lanes of one accumulator tile: 16, or 32 on ``avx2w8`` (two partial sums each)."""
+    return 2 * LANES if path == "avx2w8" else LANES
 
 
 def _register_block(g: _Gemm, path: str, k_reads, indent: str = "") -> str:
@@ -533,7 +538,7 @@ def _register_block(g: _Gemm, path: str, k_reads, indent: str = "") -> str:
     update = _TILE_UPDATE[path].replace("{MB}", str(g.MB)).replace("{A4}", a4).replace(
         "{A1}", a1).replace("{KBI}", kbi)
     text = _REGISTER_BLOCK.format(MB=g.MB, NB=g.NB, kloop=kloop, update=update,
-                                  ACCW=2 * LANES if path == "avx2w8" else LANES)
+                                  ACCW=_acc_width(path))
     return "\n".join(indent + line if line.strip() else line for line in text.split("\n"))
 
 
@@ -561,7 +566,7 @@ def _grouped_source(g: _Gemm, path: str, args: list[str], pack_loops: str, out_d
     return _GROUPED_TEMPLATE.format(
         args=", ".join(args), MB=g.MB, NB=g.NB, G=rows // g.MB, R=rows, OHW=ohw,
         NOHW=g.N * ohw, YSIZE=g.M * g.N, ODT=out_dtype,
-        ACCW=2 * LANES if path == "avx2w8" else LANES,
+        ACCW=_acc_width(path),
         block=_register_block(g, path, reads, "    "), lane=_lane(path == "avx2w8"),
         value=value,
         guard=f"if {n} < {g.N}:\n" + " " * 20 if guard_n else "",
