@@ -18,7 +18,8 @@ from .target import Target, resolve_target
 
 def relax_pipeline(target: Target, schedule: bool = True):
     """TVM's default Relax pipeline for ``target`` plus, on llvm targets, lowbit's fast float32
-    ``exp`` / ``sigmoid`` / ``softmax`` (:func:`lowbit.codegen.schedules.fastmath.fast_math_pass`,
+    ``exp`` / ``sigmoid`` / ``softmax`` / ``erf`` / ``gelu``
+    (:func:`lowbit.codegen.schedules.fastmath.fast_math_pass`,
     before legalization) and CPU schedule rules (after legalization and fusion);
     ``schedule=False``: without either, TVM's unscheduled default, for benchmarks."""
     import tvm
