@@ -41,8 +41,12 @@ def _scheduled(tensors, rule="row_reduction"):
 
 def test_row_plan():
     assert _row_plan(1000, 16, 1).partials == 40  # 8-lane vectors, 5 of them
-    assert _row_plan(768, 16, 1).partials == 64
-    assert _row_plan(40, 16, 2).partials == 40 and _row_plan(40, 16, 2).lanes == 16
+    assert _row_plan(768, 16, 1).partials == 32  # 24 + 32 adds (64 partials: 12 + 64)
+    assert _row_plan(40, 16, 2).partials == 8 and _row_plan(40, 16, 2).lanes == 16
+    # short rows: one vector of partials (the serial sum of the partials dominates)
+    assert _row_plan(32, 64, 1, acc_lanes=8).partials == 8
+    assert _row_plan(32, 64, 1, acc_lanes=8).lanes == 64
+    assert _row_plan(64, 16, 1, acc_lanes=8).partials == 8
     assert _row_plan(37, 16, 1) is None and _row_plan(6, 16, 1) is None
 
 
