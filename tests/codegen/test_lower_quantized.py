@@ -117,13 +117,14 @@ def test_quantized_cnn_edge_inputs():
     assert_matches(graph, run_tvm(ex, graph, feeds), lowbit.run_reference(graph, feeds))
 
 
-def _qmatmul_graph(M, K, N, x_dtype, zx, w, bias, rq, acc_shift=0, rank3=False):
+def _qmatmul_graph(M, K, N, x_dtype, zx, w, bias, rq, acc_shift=0, rank3=False,
+                   acc_dtype=DType.int(32)):
     g = Graph("qmm")
     shape = (2, M, K) if rank3 else (M, K)
     x = g.add_input("x", x_dtype, shape)
     wv = g.add_const(w, "w")
     bv = g.add_const(bias.astype(np.int32), "b") if bias is not None else None
-    attrs = QMatMulAttrs(requant=rq, acc_dtype=DType.int(32), acc_shift=acc_shift)
+    attrs = QMatMulAttrs(requant=rq, acc_dtype=acc_dtype, acc_shift=acc_shift)
     out_shape = shape[:-1] + (N,)
     node = g.add_node(Op.QMATMUL, [x, wv, bv] if bv is not None else [x, wv], attrs,
                       name="qmm", outputs=["y"], out_types=[(rq.out_dtype, out_shape)])
@@ -415,5 +416,67 @@ def test_dequantize_integer_width(dtype, zp, wide):
     xs = np.concatenate([[info.min, info.max, 0], np.random.default_rng(5).integers(
         info.min, int(info.max) + 1, 37)]).astype(np_dtype)
     feeds = {"x": xs}
+    got = run_tvm(build(g, "x86"), g, feeds)["y"]
+    np.testing.assert_array_equal(got, lowbit.run_reference(g, feeds)["y"])
+
+
+@pytest.mark.parametrize("kernel,x_bits,w_bits,shift,wide", [
+    ("int8", 8, 7, 11, "int32"), ("bitserial", 2, 2, 11, "int32"),
+    ("bitserial", 2, 2, 26, "int64")])
+def test_family_epilogue_width(kernel, x_bits, w_bits, shift, wide):
+    """The split epilogue of a kernel family, ``(D << acc_shift) + bias``, runs in int32 when
+    ``max|x − zx| · max Σ|w| · 2^shift + max|bias|`` fits int32 (then it vectorizes with the
+    float ops after it on AVX2), in int64 otherwise; bit-exact to the simulator both ways
+    (int8: accumulator out; bitserial: a dyadic requant to uint4)."""
+    M, K, N = 5, 37, 21
+    rng = np.random.default_rng(shift)
+    zx = 1 << (x_bits - 1)
+    lim = 1 << (w_bits - 1)
+    w = rng.integers(-lim + (w_bits > 2), lim, (K, N)).astype(np.int8)
+    bound = (zx * int(np.abs(w.astype(np.int64)).sum(axis=0).max())) << shift
+    assert (bound + 5000 <= (1 << 31) - 1) == (wide == "int32")
+    bias = rng.integers(-5000, 5000, N)
+    if kernel == "int8":
+        rq = Requant(zx, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    else:
+        mult = tuple(int(v) for v in rng.integers(1 << 24, 1 << 25, N))
+        rq = Requant(zx, mult, (26 + shift,) * N, 2, DType.uint(4), 0, 15, axis=1)
+    g = _qmatmul_graph(M, K, N, DType.uint(x_bits), zx, w, bias, rq, acc_shift=shift,
+                       acc_dtype=DType.int(64 if wide == "int64" else 32))
+    g.inputs[0].qtype = QType(QKind.UNIFORM, x_bits, False, scale=(0.1,), zero_point=(zx,))
+    g.nodes[0].inputs[1].qtype = QType(QKind.UNIFORM, w_bits, True, scale=(0.1,),
+                                       zero_point=(0,))
+    g.nodes[0].meta["kernel"] = kernel
+    mod = lower(g, "x86")
+    (epilogue,) = [f for gv, f in mod.functions_items() if "epilogue" in gv.name_hint]
+    assert (f"<< T.int64({shift})" in epilogue.script()) == (wide == "int64")
+    x_max = (1 << x_bits) - 1
+    x = np.concatenate([np.full((1, K), x_max), np.zeros((1, K)),
+                        rng.integers(0, x_max + 1, (M - 2, K))]).astype(np.uint8)
+    got = run_tvm(build(g, "x86"), g, {"x": x})["y"]
+    want = lowbit.run_reference(g, {"x": x})["y"]
+    assert len(np.unique(want)) > 3
+    np.testing.assert_array_equal(got.astype(np.int64), want.astype(np.int64))
+
+
+@pytest.mark.parametrize("dtype,zp", [(DType.uint(8), 128), (DType.int(8), -3),
+                                      (DType.uint(16), 65535), (DType.int(32), 7)])
+def test_quantize_extremes(dtype, zp):
+    """QuantizeLinear equals the reference (float64 zero-point add) at and beyond the clamp
+    bounds, near 2^23 and 2^24 quotients and on halves; 8/16-bit dtypes add in float32."""
+    from lowbit.ir.attrs import QuantizeAttrs
+
+    g = Graph("q")
+    n = 64
+    x = g.add_input("x", FLOAT32, (n,))
+    scale = g.add_const(np.array(0.25, np.float32), "scale")
+    zero = g.add_const(np.array(zp, dtype.numpy), "zp")
+    y = g.add_node(Op.QUANTIZE, [x, scale, zero], QuantizeAttrs(dtype), name="q",
+                   outputs=["y"], out_types=[(dtype, (n,))]).outputs[0]
+    g.outputs = [y]
+    special = [1e30, -1e30, 2.0 ** 21, -(2.0 ** 21), 2.0 ** 22 + 0.25, -(2.0 ** 22) - 0.5,
+               0.125, -0.125, 0.375, 3.4e38, -3.4e38, 0.0, -0.0, 16383.875, -16384.125]
+    rest = np.random.default_rng(3).standard_normal(n - len(special)) * 40
+    feeds = {"x": np.concatenate([special, rest]).astype(np.float32)}
     got = run_tvm(build(g, "x86"), g, feeds)["y"]
     np.testing.assert_array_equal(got, lowbit.run_reference(g, feeds)["y"])
