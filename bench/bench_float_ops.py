@@ -4,9 +4,9 @@ Each case is a one-op ONNX model (the same file for every contender): imported w
 ``lowbit.compiler.onnx_import.import_onnx``, lowered with ``lowbit.codegen.lower`` and compiled
 twice for the ``x86`` host target: ``default`` (TVM 0.27's CPU pipeline, PrimFuncs left
 unscheduled, libm ``exp``) and ``lowbit`` (:func:`lowbit.codegen.build.relax_pipeline`, i.e.
-with ``lowbit.codegen.schedules`` and the fast float32 exp / sigmoid / softmax of
-``lowbit.codegen.schedules.fastmath``). Both share lowbit's lowering, so a float32 conv with
-constant weights is the output-channel-blocked ``packed_conv2d`` in both columns.
+with ``lowbit.codegen.schedules`` and the fast float32 exp / sigmoid / softmax / erf / GELU
+of ``lowbit.codegen.schedules.fastmath``). Both share lowbit's lowering, so a float32 conv
+with constant weights is the output-channel-blocked ``packed_conv2d`` in both columns.
 onnxruntime runs the same model. Same process, same thread count (``--threads``, default 1:
 ORT ``intra_op_num_threads``, ``TVM_NUM_THREADS``), cache-hot (same input every call), inputs
 resident. A round times ``--number`` back-to-back calls of each contender in turn
@@ -15,7 +15,7 @@ resident. A round times ``--number`` back-to-back calls of each contender in tur
 
 Run: ``python bench/bench_float_ops.py [--threads 1] [--only conv3x3 softmax]`` (``--only``
 takes substrings of the case names: conv3x3, depthwise3x3, maxpool, avgpool, hard-swish,
-sigmoid, softmax, layernorm, resize, elementwise).
+sigmoid, softmax, layernorm, gelu, resize, elementwise).
 """
 
 from __future__ import annotations
@@ -80,6 +80,17 @@ def cases() -> dict[str, tuple[object, tuple[int, ...]]]:
         (128, 768), (128, 768),
         [_const("s", rng.standard_normal(768)), _const("b", rng.standard_normal(768))]),
         (128, 768))
+    out["layernorm 480×32 (short rows)"] = (_model(
+        [n("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1, epsilon=1e-5)],
+        (480, 32), (480, 32),
+        [_const("s", rng.standard_normal(32)), _const("b", rng.standard_normal(32))]),
+        (480, 32))
+    # GELU as PyTorch exports it (Div, Erf, Add, Mul, Mul): the digits transformer's MLP
+    out["gelu-erf 60·8·256"] = (_model(
+        [n("Div", ["x", "r2"], ["t0"]), n("Erf", ["t0"], ["t1"]), n("Add", ["t1", "one"], ["t2"]),
+         n("Mul", ["x", "t2"], ["t3"]), n("Mul", ["t3", "half"], ["y"])],
+        (60, 8, 256), (60, 8, 256),
+        [_const("r2", 1.4142135), _const("one", 1.0), _const("half", 0.5)]), (60, 8, 256))
     out["resize nearest 2× 56²·64"] = (_model(
         [n("Resize", ["x", "", "scales"], ["y"], mode="nearest")], (1, 64, 56, 56),
         (1, 64, 112, 112), [_const("scales", [1, 1, 2, 2])]), (1, 64, 56, 56))
