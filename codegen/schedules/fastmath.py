@@ -91,8 +91,8 @@ def exp_f32(x):
 
 
 def _clamped(tirx, var, lo, hi, body_of):
-    """``Let(var_c, clamp(var, lo, hi), body_of(var_c))`` for a float32 ``var``, with NaN passing through (a NaN
-    fails both ``<`` and ``>``)."""
+    """``Let(var_c, clamp(var, lo, hi), body_of(var_c))`` for a float32 ``var``, with NaN
+    passing through (a NaN fails both ``<`` and ``>``)."""
     low = tirx.Var(var.name + "_low", "float32")
     mid = tirx.Var(var.name + "_c", "float32")
     y = body_of(mid)
