@@ -282,6 +282,23 @@ def test_depthwise_is_bit_exact(k, stride, pads, a_dtype):
     np.testing.assert_array_equal(got, _requant(acc, mult, shift, OUT, 1))
 
 
+@pytest.mark.parametrize("a_dtype,x_code,zx", [("uint8", 255, 0), ("uint8", 0, 255),
+                                               ("int8", -128, 127)])
+def test_depthwise_extremes_are_exact(a_dtype, x_code, zx):
+    """The largest accumulators a depthwise layer can reach (5x5 taps, |x - zx| = 255, w =
+    -128: 816,000) come out exact; int32 accumulators out."""
+    spec = k8.DepthwiseSpec(1, 3, 9, 10, 5, 5, (1, 1), (2, 2, 2, 2), 8, a_dtype, None)
+    x = np.full(spec.in_shape, x_code, dtype=a_dtype)
+    w = np.full((3, 1, 5, 5), -128, dtype=np.int8)
+    w[1] = 127
+    bias = np.array([7, -3, 0])
+    packed = k8.pack_depthwise_weights(spec, w, bias=bias, a_zero_point=zx)
+    got = k8.build_depthwise(spec, HOST, zx)(x, packed)
+    want = _conv_reference(x, w, zx, bias, (1, 1), (2, 2, 2, 2), 3)
+    assert abs(int(want[0, 0, 4, 4] - 7)) == 25 * 255 * 128
+    np.testing.assert_array_equal(got, want)
+
+
 # -- cross targets / instructions -----------------------------------------------------------------
 @needs_vnni
 def test_vnni_path_emits_vpdpbusd():
