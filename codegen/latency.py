@@ -17,7 +17,8 @@ candidate's in-model factor, so a uniform plan predicts exactly its measured tim
 * ``remainder_c`` = the measured whole-model time of the plan with every layer at ``c`` minus
   the sum of its layers' ``T`` (everything that is not a quantized layer: quantize / dequantize
   boundaries, pools, activations, residual adds, VM calls; and the kernels running slower in
-  the model than alone, cache-hot), clamped at 0.
+  the model than alone, cache-hot); negative when the layers timed alone cost more than the
+  model runs them in (:func:`remainder_ms`).
 
 :func:`graph_ms` compiles and times a whole integer graph; :func:`artifact_ms` times a compiled
 artifact; both one thread, median of :data:`~lowbit.codegen.select.WHOLE_REPEATS` rounds
@@ -261,11 +262,16 @@ def artifact_ms(artifact) -> float:
 
 
 def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:
-    """``max(0, whole - sum(layers))``; NaN when any layer time is unknown."""
+    """``whole - sum(layers)``; NaN when any layer time is unknown. Negative when the layers
+    timed alone add up to more than the whole model: each alone pays a call and its own
+    quantize / epilogue passes that the compiled model fuses (the digits CNN's int8 plan on
+    Zen 3, after the fused epilogues got faster). Clamping it at 0 made every plan of such a
+    model predict above its uniform preset's measured time, so a latency budget equal to
+    that time was infeasible."""
     total = float(np.sum(layer_ms))
     if not math.isfinite(total):
         return math.nan
-    return max(0.0, whole_ms - total)
+    return whole_ms - total
 
 
 __all__ = ["MIN_PARALLEL_LAYERS", "MIN_PARALLEL_NODES", "LayerCosts", "artifact_ms",

@@ -56,8 +56,11 @@ def test_costs_are_measured_for_every_layer_and_candidate(planner):
     assert np.all(np.isfinite(costs.ms)) and np.all(costs.ms > 0)
     families = {f for row in costs.family for f in row}
     assert families <= {"int8", "bitserial", "lut", "shiftadd", "shiftadd_int8", "reference"}
-    assert planner.remainder_ms is not None and planner.remainder_ms >= 0
-    assert planner.remainders.shape == (len(CANDS),) and np.all(planner.remainders >= 0)
+    # the rest may be negative (layers timed alone pay what the whole model fuses), never
+    # more negative than the layers themselves
+    assert planner.remainder_ms is not None
+    assert planner.remainders.shape == (len(CANDS),)
+    assert np.all(planner.remainders > -planner.costs.ms.sum(axis=0))
     plan = planner.allocate(None)
     # predicted = the chosen kernels, each scaled by its candidate's whole / kernels factor
     ms, rem = planner.costs.ms, planner.remainders
