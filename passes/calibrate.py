@@ -148,13 +148,18 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+class _Captured(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised inside :func:`capture_values`' run once every wanted value has been seen."""
+
+
 def capture_values(graph: Graph, calib: CalibrationSet, values: list[Value],
                    description: str = "collecting",
                    initial_envs=None) -> dict[str, np.ndarray]:
     """Run every calibration batch through the fake-quant simulator and return the arrays of
     ``values`` (by name), batches concatenated along axis 0. ``initial_envs`` (one
     ``{value name: array}`` per batch, or None) resumes each run from known values
-    (:meth:`~lowbit.runtime.reference.Interpreter.run`'s ``initial_env``)."""
+    (:meth:`~lowbit.runtime.reference.Interpreter.run`'s ``initial_env``). A run stops at the
+    first node after every wanted value has been read: the rest of the graph is not run."""
     wanted = {id(v): v.name for v in values}
     parts: dict[str, list[np.ndarray]] = {v.name: [] for v in values}
 
@@ -164,12 +169,17 @@ def capture_values(graph: Graph, calib: CalibrationSet, values: list[Value],
                 if v is not None and id(v) in wanted and id(v) not in self.seen:
                     parts[wanted[id(v)]].append(np.array(array))
                     self.seen.add(id(v))
+            if len(self.seen) == len(wanted):
+                raise _Captured  # the rest of the graph is not needed
             return super().run_node(node, inputs)
 
     for i, feed in enumerate(batches(calib, description)):
         interp = _Capture(graph)
         interp.seen = set()
-        interp.run(feed, initial_env=None if initial_envs is None else initial_envs[i])
+        try:
+            interp.run(feed, initial_env=None if initial_envs is None else initial_envs[i])
+        except _Captured:
+            pass
     return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items() if chunks}
 
 

@@ -480,33 +480,93 @@ class _FloatPrefix:
     (``Interpreter.run(initial_env=...)``), and the layer's input FakeQuant is calibrated from
     the float arrays it would observe (:func:`~lowbit.passes.calibrate.calibrate_node`) --
     the same numbers as quantize(...)'s calibrate pass, in a fraction of the time. When the
-    intermediates would exceed :data:`PREFIX_CACHE_BYTES`, whole runs are used instead."""
+    intermediates would exceed :data:`PREFIX_CACHE_BYTES`, whole runs are used instead.
+
+    Runs use :class:`~.fast_float.FastFakeQuantInterpreter` (float convs on torch, one
+    thread). When the graph also runs at the stacked batch of all calibration batches -- its
+    batch-``N`` copy (:func:`~.fast_float.rebatched`) gives every per-batch output -- all
+    batches run as one (``self.parts`` of them); activation observers still see one array per
+    calibration batch."""
 
     def __init__(self, graph: Graph, feeds: list):
-        from ...runtime.reference import Interpreter
+        from .fast_float import one_torch_thread
 
-        self.graph, self.feeds = graph, feeds
+        self.graph, self.feeds, self.parts = graph, feeds, 1
+        self.calib = None  # the calibration set of the stacked batch, when batched
+        with one_torch_thread():
+            if not self._batched(graph, feeds):
+                self._per_batch(graph, feeds)
+        self._tainted: set[str] = set()
+
+    @staticmethod
+    def _keep_run(graph: Graph, feed) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        from .fast_float import FastFakeQuantInterpreter
+
+        values: dict[str, np.ndarray] = {}
+
+        class _Keep(FastFakeQuantInterpreter):
+            def run_node(self, node, inputs):
+                results = super().run_node(node, inputs)
+                for v, array in zip(node.outputs, results):
+                    values[v.name] = np.asarray(array, dtype=v.dtype.numpy)
+                return results
+
+        return values, _Keep(graph).run(feed)
+
+    def _per_batch(self, graph: Graph, feeds: list) -> None:
+        from .fast_float import FastFakeQuantInterpreter
+
         self.values: list[dict[str, np.ndarray]] | None = []
         self.outputs: list[dict[str, np.ndarray]] = []
         size = 0
         for feed in feeds:
-            values: dict[str, np.ndarray] = {}
-
-            class _Keep(Interpreter):
-                def run_node(self, node, inputs, _values=values):
-                    results = super().run_node(node, inputs)
-                    for v, array in zip(node.outputs, results):
-                        _values[v.name] = np.asarray(array, dtype=v.dtype.numpy)
-                    return results
-
-            self.outputs.append(_Keep(graph).run(feed))
+            values, outputs = self._keep_run(graph, feed)
+            self.outputs.append(outputs)
             self.values.append(values)
             size += sum(a.nbytes for a in values.values())
             if size > PREFIX_CACHE_BYTES:
                 self.values = None
-                self.outputs = [Interpreter(graph).run(f) for f in feeds]
+                self.outputs = [FastFakeQuantInterpreter(graph).run(f) for f in feeds]
                 break
-        self._tainted: set[str] = set()
+
+    def _batched(self, graph: Graph, feeds: list) -> bool:
+        from ...compiler.calib_data import CalibrationSet
+        from .fast_float import (
+            REBATCH_ERRORS,
+            FastFakeQuantInterpreter,
+            rebatched,
+            same_outputs,
+            stack_feeds,
+        )
+
+        stacked = stack_feeds(feeds)
+        big = None if stacked is None else rebatched(graph, stacked)
+        if big is None:
+            return False
+        try:
+            values, outputs = self._keep_run(big, stacked)
+        except REBATCH_ERRORS:
+            return False
+        if sum(a.nbytes for a in values.values()) > PREFIX_CACHE_BYTES or not same_outputs(
+                outputs, [FastFakeQuantInterpreter(graph).run(f) for f in feeds]):
+            return False
+        rows = next(iter(stacked.values())).shape[0]
+        self.graph, self.feeds, self.parts = big, [stacked], len(feeds)
+        self.values, self.outputs = [values], [outputs]
+        self.calib = CalibrationSet(stacked, rows, rows)
+        return True
+
+    def _observed(self, source: str) -> list[np.ndarray]:
+        """The arrays the FakeQuant reading float value ``source`` observes, one per
+        calibration batch (a batched run's array split back into its batches)."""
+        arrays = [values[source] if source in values else feed[source]
+                  for values, feed in zip(self.values, self.feeds)]
+        if self.parts == 1:
+            return arrays
+        (array,) = arrays
+        if array.ndim == 0 or array.shape[0] % self.parts:
+            return arrays
+        return np.split(array, self.parts, axis=0)
 
     def quantize_one(self, layer: str, candidate: Candidate, calib_set,
                      iters: int = 0, shared: dict | None = None) -> Graph:
@@ -549,11 +609,9 @@ class _FloatPrefix:
                 continue
             source = node.inputs[0].name
             assert source not in self._tainted, "an activation FakeQuant reads a quantized value"
-            calibrate_node(node, [values[source] if source in values else feed[source]
-                                  for values, feed in zip(self.values, self.feeds)],
-                           recipe.calibration)
+            calibrate_node(node, self._observed(source), recipe.calibration)
         if iters > 0:
-            Reconstruct(calib_set, iters=iters, seed=recipe.ptq.seed,
+            Reconstruct(self.calib or calib_set, iters=iters, seed=recipe.ptq.seed,
                         initial_envs=self._envs())(qgraph)
         return qgraph
 
@@ -564,12 +622,13 @@ class _FloatPrefix:
 
     def run(self, qgraph: Graph) -> list[dict[str, np.ndarray]]:
         """Outputs of the fake-quant ``qgraph`` per batch, resumed from the float prefix."""
-        from ...passes.calibrate import FakeQuantInterpreter
+        from .fast_float import FastFakeQuantInterpreter, one_torch_thread
 
-        if self.values is None:
-            return [FakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
-        return [FakeQuantInterpreter(qgraph).run(feed, initial_env=env)
-                for env, feed in zip(self._envs(), self.feeds)]
+        with one_torch_thread():
+            if self.values is None:
+                return [FastFakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
+            return [FastFakeQuantInterpreter(qgraph).run(feed, initial_env=env)
+                    for env, feed in zip(self._envs(), self.feeds)]
 
 
 def _layer_weights(qgraph: Graph, layer: str):

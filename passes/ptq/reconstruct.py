@@ -367,7 +367,9 @@ class _QuadraticObjective:
 
 
 class _RowObjective:
-    """Output MSE after the activation on stored rows; mini-batches for training."""
+    """Output MSE after the activation on stored rows; mini-batches for training. Rows are
+    shuffled once and kept group-major, ``(G, M, K)``: a step's mini-batch is a contiguous
+    window and one batched matmul per group."""
 
     def __init__(self, layer, x, w_ref, b_ref, rng, max_rows, batch_rows, generator):
         self.layer = layer
@@ -380,41 +382,48 @@ class _RowObjective:
             inside = keep[(keep >= offset) & (keep < offset + rows.shape[0])]
             kept.append(rows[inside - offset])
             offset += rows.shape[0]
-        self.rows = torch.cat(kept).contiguous()
-        self.mean = self.rows.to(torch.float64).mean(dim=0)
+        rows = torch.cat(kept)
+        # one shuffle up front: a step's mini-batch is then a contiguous window (no gather)
+        rows = rows[torch.randperm(rows.shape[0], generator=generator)]
+        self.rows = rows.permute(1, 0, 2).contiguous()  # (G, M, K)
+        self.mean = self.rows.to(torch.float64).mean(dim=1)
         self.w_ref = layer.grouped(w_ref)
         self.b_ref = b_ref.reshape(layer.groups, -1)
-        self.batch = min(batch_rows, self.rows.shape[0])
-        self.generator = generator
+        self.batch = min(batch_rows, self.rows.shape[1])
         with torch.no_grad():
             self.target = self._forward(self.rows, self.w_ref.float(), self.b_ref.float())
 
     @staticmethod
     def _forward(rows, w, b):
-        return torch.relu(torch.einsum("mgk,gok->mgo", rows, w) + b)
+        """relu(rows · Wᵀ + b) per group: (G, M, K), (G, O, K), (G, O) -> (G, M, O)."""
+        return torch.relu(torch.baddbmm(b[:, None, :], rows, w.transpose(1, 2)))
 
     def importance(self, shape) -> torch.Tensor:
-        power = (self.rows.to(torch.float64) ** 2).mean(dim=0)
+        power = (self.rows.to(torch.float64) ** 2).mean(dim=1)
         return _broadcast_columns(self.layer, power, shape)
 
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
-        idx = torch.randint(0, self.rows.shape[0], (self.batch,), generator=self.generator)
-        pred = self._forward(self.rows[idx], self.layer.grouped(w.float()),
+        """Step ``step`` trains on the ``step``-th window of ``batch`` shuffled rows (cycling
+        through all of them)."""
+        windows = max(1, self.rows.shape[1] // self.batch)
+        part = slice((step % windows) * self.batch, (step % windows + 1) * self.batch)
+        pred = self._forward(self.rows[:, part], self.layer.grouped(w.float()),
                              b.float().reshape(self.b_ref.shape))
-        return ((pred - self.target[idx]) ** 2).mean()
+        return ((pred - self.target[:, part]) ** 2).mean()
 
     def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():
             wg = self.layer.grouped(w.to(torch.float64))
             bg = b.to(torch.float64).reshape(self.b_ref.shape)
             total = 0.0
-            step = max(1, _CHUNK_ELEMENTS // max(1, self.rows.shape[1] * self.rows.shape[2]))
-            for start in range(0, self.rows.shape[0], step):
-                rows = self.rows[start:start + step].to(torch.float64)
-                diff = torch.relu(torch.einsum("mgk,gok->mgo", rows, wg) + bg) \
-                    - self.target[start:start + step].to(torch.float64)
+            m = self.rows.shape[1]
+            step = max(1, _CHUNK_ELEMENTS // max(1, self.rows.shape[0] * self.rows.shape[2]))
+            for start in range(0, m, step):
+                part = slice(start, start + step)
+                diff = self._forward(self.rows[:, part].to(torch.float64), wg, bg) \
+                    - self.target[:, part].to(torch.float64)
                 total += float((diff * diff).sum())
-            return total / (self.rows.shape[0] * self.layer.c_out)
+            return total / (m * self.layer.c_out)
 
 
 def _broadcast_columns(layer: _Layer, per_column: torch.Tensor, shape) -> torch.Tensor:

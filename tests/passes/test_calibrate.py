@@ -68,6 +68,26 @@ def test_capture_values_concatenates_batches():
     np.testing.assert_allclose(hidden, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_capture_values_stops_after_the_last_wanted_value(monkeypatch):
+    """The nodes after the captured value's consumer never run (fc2 would fail here)."""
+    g = two_layer_graph()
+    bias_out = g.node_by_name("relu").inputs[0]
+    ran = []
+    real = FakeQuantInterpreter.run_node
+
+    def spy(self, node, inputs):
+        ran.append(node.name)
+        return real(self, node, inputs)
+
+    monkeypatch.setattr(FakeQuantInterpreter, "run_node", spy)
+    data = samples()
+    hidden = capture_values(g, _calib(g, data), [bias_out])[bias_out.name]
+    np.testing.assert_allclose(
+        hidden, data["x"] @ g.node_by_name("fc1").inputs[1].const + 0.1, rtol=1e-5, atol=1e-6)
+    assert "relu" not in ran and "fc2" not in ran
+    assert ran.count("fc1") == len(_calib(g, data)) == 8
+
+
 def test_signed_follows_the_observed_range():
     g = quantized()
     Calibrate(samples(low=0.0, high=1.0), "minmax")(g)

@@ -78,9 +78,10 @@ def test_sqnr_cost_is_noise_power_of_a_single_layer_quantization(table):
         q = next(iter(lowbit.run_reference(fq, feed).values())).astype(np.float64)
         noise += np.sum((q - f) ** 2)
         signal += np.sum(f ** 2)
-    assert table.value(layer, "w2a8") == pytest.approx(noise / signal, rel=1e-9)
+    # the measurement runs float convs on torch (fast_float): float32 sums in another order
+    assert table.value(layer, "w2a8") == pytest.approx(noise / signal, rel=1e-5)
     sqnr_db = 10 * np.log10(signal / noise)
-    assert table.value(layer, "w2a8") == pytest.approx(10 ** (-sqnr_db / 10), rel=1e-9)
+    assert table.value(layer, "w2a8") == pytest.approx(10 ** (-sqnr_db / 10), rel=1e-5)
 
 
 def test_deterministic_and_cached(table, monkeypatch, tmp_path):
@@ -103,13 +104,39 @@ def test_deterministic_and_cached(table, monkeypatch, tmp_path):
     np.testing.assert_array_equal(from_disk.weight_bytes, table.weight_bytes)
 
 
-def test_prefix_resume_equals_whole_runs(table, monkeypatch):
-    """Resuming from the float prefix gives the numbers of whole-graph runs, bit for bit."""
+def test_prefix_resume_equals_whole_runs(monkeypatch):
+    """Resuming from the float prefix gives the numbers of whole-graph runs (plain rounding:
+    reconstruction amplifies the last float bit, and whole runs calibrate with numpy convs,
+    the prefix with torch's)."""
+    clear_cache()
+    resumed = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False, ptq_iters=0)
     clear_cache()
     monkeypatch.setattr(sensitivity_module, "PREFIX_CACHE_BYTES", 0)  # force whole runs
-    whole = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False)
-    np.testing.assert_array_equal(whole.sensitivity, table.sensitivity)
-    np.testing.assert_array_equal(whole.weight_bytes, table.weight_bytes)
+    whole = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False, ptq_iters=0)
+    np.testing.assert_allclose(whole.sensitivity, resumed.sensitivity, rtol=2e-3)
+    np.testing.assert_array_equal(whole.weight_bytes, resumed.weight_bytes)
+    clear_cache()
+
+
+def test_batched_prefix_equals_per_batch_runs(table, monkeypatch):
+    """All calibration batches run as one batch-N graph give the per-batch numbers,
+    reconstruction included (torch's conv sums in another order at another batch)."""
+    from lowbit.passes.analysis import fast_float
+
+    batched = []
+    real = sensitivity_module._FloatPrefix._batched
+    monkeypatch.setattr(sensitivity_module._FloatPrefix, "_batched",
+                        lambda self, g, f: batched.append(real(self, g, f)) or batched[-1])
+    clear_cache()
+    layer_sensitivity(MODEL, CANDS[:1], CALIB, SHAPES, disk_cache=False)
+    assert batched == [True]  # the digits CNN runs batched
+    clear_cache()
+    monkeypatch.setattr(fast_float, "stack_feeds", lambda feeds: None)
+    per_batch = layer_sensitivity(MODEL, CANDS, CALIB, SHAPES, disk_cache=False)
+    assert batched[-1] is False
+    np.testing.assert_allclose(per_batch.sensitivity, table.sensitivity, rtol=1e-4)
+    np.testing.assert_array_equal(per_batch.weight_bytes, table.weight_bytes)
+    clear_cache()
 
 
 def test_kl_and_callable_metrics():
