@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -541,7 +542,7 @@ class _FloatPrefix:
 
         stacked = stack_feeds(feeds)
         big = None if stacked is None else rebatched(graph, stacked)
-        if big is None:
+        if big is None or _declared_bytes(big) > PREFIX_CACHE_BYTES:
             return False
         try:
             values, outputs = self._keep_run(big, stacked)
@@ -629,6 +630,12 @@ class _FloatPrefix:
                 return [FastFakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
             return [FastFakeQuantInterpreter(qgraph).run(feed, initial_env=env)
                     for env, feed in zip(self._envs(), self.feeds)]
+
+
+def _declared_bytes(graph: Graph) -> int:
+    """Bytes of every node output of ``graph`` at its declared shape and dtype."""
+    return sum(math.prod(v.shape) * np.dtype(v.dtype.numpy).itemsize
+               for node in graph.nodes for v in node.outputs if v.shape is not None)
 
 
 def _layer_weights(qgraph: Graph, layer: str):

@@ -368,8 +368,8 @@ class _QuadraticObjective:
 
 class _RowObjective:
     """Output MSE after the activation on stored rows; mini-batches for training. Rows are
-    shuffled once and kept group-major, ``(G, M, K)``: a step's mini-batch is a contiguous
-    window and one batched matmul per group."""
+    kept group-major, ``(G, M, K)``, reshuffled once per epoch: a step's mini-batch is a
+    contiguous window and one batched matmul per group."""
 
     def __init__(self, layer, x, w_ref, b_ref, rng, max_rows, batch_rows, generator):
         self.layer = layer
@@ -382,16 +382,15 @@ class _RowObjective:
             inside = keep[(keep >= offset) & (keep < offset + rows.shape[0])]
             kept.append(rows[inside - offset])
             offset += rows.shape[0]
-        rows = torch.cat(kept)
-        # one shuffle up front: a step's mini-batch is then a contiguous window (no gather)
-        rows = rows[torch.randperm(rows.shape[0], generator=generator)]
-        self.rows = rows.permute(1, 0, 2).contiguous()  # (G, M, K)
+        self.rows = torch.cat(kept).permute(1, 0, 2).contiguous()  # (G, M, K)
         self.mean = self.rows.to(torch.float64).mean(dim=1)
         self.w_ref = layer.grouped(w_ref)
         self.b_ref = b_ref.reshape(layer.groups, -1)
         self.batch = min(batch_rows, self.rows.shape[1])
+        self.generator = generator
         with torch.no_grad():
             self.target = self._forward(self.rows, self.w_ref.float(), self.b_ref.float())
+        self._epoch_rows = self._epoch_target = None
 
     @staticmethod
     def _forward(rows, w, b):
@@ -403,13 +402,17 @@ class _RowObjective:
         return _broadcast_columns(self.layer, power, shape)
 
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
-        """Step ``step`` trains on the ``step``-th window of ``batch`` shuffled rows (cycling
-        through all of them)."""
+        """Epochs of shuffled rows: each epoch draws a fresh permutation (one gather), and
+        step ``step`` trains on the next contiguous window of ``batch`` rows."""
         windows = max(1, self.rows.shape[1] // self.batch)
+        if step % windows == 0 or self._epoch_rows is None:
+            order = torch.randperm(self.rows.shape[1], generator=self.generator)
+            self._epoch_rows = self.rows[:, order]
+            self._epoch_target = self.target[:, order]
         part = slice((step % windows) * self.batch, (step % windows + 1) * self.batch)
-        pred = self._forward(self.rows[:, part], self.layer.grouped(w.float()),
+        pred = self._forward(self._epoch_rows[:, part], self.layer.grouped(w.float()),
                              b.float().reshape(self.b_ref.shape))
-        return ((pred - self.target[:, part]) ** 2).mean()
+        return ((pred - self._epoch_target[:, part]) ** 2).mean()
 
     def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():

@@ -89,7 +89,7 @@ def test_reconstruct_lowers_output_error_and_keeps_fake_quant_idempotent(recipe)
     assert after < before
     for layer in quantized_layers(g):
         fq = layer.weight_fq
-        assert fq.meta["ptq"].startswith(("adaquant", "round"))
+        assert fq.meta["ptq"].startswith(("adaround", "round"))
         w = fq.inputs[0].const
         # the stored weight sits on the grid: fake-quantizing it is the identity
         np.testing.assert_array_equal(fake_quantize(w, fq.attrs.qtype), w)
