@@ -18,6 +18,7 @@ something else at another batch.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
@@ -33,13 +34,22 @@ from ..infer_shapes import InferShapes
 REBATCH_ERRORS = (LowbitError, ValueError, IndexError, ArithmeticError, RuntimeError)
 
 
+def has_torch() -> bool:
+    """True when torch can be imported (it is the optional ``[ptq]`` extra)."""
+    return importlib.util.find_spec("torch") is not None
+
+
 class FastFakeQuantInterpreter(FakeQuantInterpreter):
     """The fake-quant simulator with float32 1-D / 2-D convolutions on torch (module
-    docstring). Run it inside :func:`one_torch_thread` for results that do not depend on the
-    process's thread count."""
+    docstring); without torch it is the plain simulator. Run it inside
+    :func:`one_torch_thread` for results that do not depend on the process's thread count."""
+
+    def __init__(self, graph: Graph):
+        super().__init__(graph)
+        self._torch = has_torch()
 
     def run_node(self, node, inputs):
-        if node.op == Op.CONV and _torch_conv_applies(inputs):
+        if self._torch and node.op == Op.CONV and _torch_conv_applies(inputs):
             return [_torch_conv(node, inputs)]
         return super().run_node(node, inputs)
 
@@ -77,7 +87,10 @@ def _torch_conv(node, inputs) -> np.ndarray:
 
 @contextmanager
 def one_torch_thread():
-    """Run the block with torch on one thread (restored after)."""
+    """Run the block with torch on one thread (restored after); nothing without torch."""
+    if not has_torch():
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()

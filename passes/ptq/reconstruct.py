@@ -40,7 +40,6 @@ never raises the loss.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +50,7 @@ from ...ir.attrs import ConvAttrs
 from ...ir.errors import CalibrationError, QuantizationError, ShapeError
 from ...ir.qformats import dequantize, group_index, quantize
 from ...ir.qtype import QKind, QType
+from ..analysis.fast_float import one_torch_thread
 from .fake_quant_torch import fake_quant_learnable, quant_params, with_params
 
 METHODS = ("adaround", "adaquant")
@@ -133,7 +133,7 @@ def reconstruct_layer(
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_samples:
         x = x[np.sort(rng.choice(x.shape[0], max_samples, replace=False))]
-    with _one_torch_thread():
+    with one_torch_thread():
         generator = torch.Generator().manual_seed(seed)
         w_ref = torch.from_numpy(w).to(torch.float64)
         b_ref_t = torch.zeros(w.shape[0], dtype=torch.float64) if b_ref is None else \
@@ -219,16 +219,6 @@ def _baseline_codes(w: np.ndarray, qtype: QType, init_codes) -> np.ndarray:
             f"reconstruction: init_codes of shape {codes.shape} are not legal {qtype} codes "
             f"for a weight of shape {w.shape}")
     return codes.astype(qtype.storage.numpy)
-
-
-@contextmanager
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # -- the layer as a linear map of rows ---------------------------------------------------------

@@ -84,3 +84,16 @@ def test_feeds_that_do_not_stack():
     assert stack_feeds([a, {"x": np.zeros((2, 4), np.float32)}]) is None
     assert stack_feeds([a, {"y": np.zeros((2, 3), np.float32)}]) is None
     assert stack_feeds([{"x": np.float32(1)}, {"x": np.float32(2)}]) is None
+
+
+def test_without_torch_it_is_the_reference_simulator(monkeypatch):
+    from lowbit.passes.analysis import fast_float
+
+    monkeypatch.setattr(fast_float, "has_torch", lambda: False)
+    g = conv_graph(*CASES[0])
+    x = np.random.default_rng(3).standard_normal(CASES[0][0]).astype(np.float32)
+    with one_torch_thread():
+        got = FastFakeQuantInterpreter(g).run({"x": x})
+    want = Interpreter(g).run({"x": x})
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
