@@ -258,6 +258,7 @@ def artifact_ms(artifact) -> float:
                                        spec.shape).astype(dt))
         else:
             inputs.append(rng.standard_normal(spec.shape).astype(dt))
+    inputs += [array for _, array in artifact.weights]
     return time_executables([(load_payload(artifact.payload), inputs)])[0] / 1000.0
 
 

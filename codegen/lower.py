@@ -3,9 +3,11 @@
 The module holds one Relax function ``main`` whose parameters are the graph inputs (in order,
 typed with their storage dtypes: int4 codes travel as int8) and which returns the graph outputs
 (a tuple when there are several). Constants become Relax constants, so weights travel inside
-the compiled library. Each node is lowered by the registry of :mod:`lowbit.codegen.lowering`
-(its kernel family's lowering when ``node.meta["kernel"]`` names one, else the generic one);
-nodes are lowered in the graph's (topological) order inside one dataflow block.
+the compiled library -- except with :func:`lower_stored`, where the kernels' integer weights
+are trailing parameters that a compiled artifact stores at their information content. Each
+node is lowered by the registry of :mod:`lowbit.codegen.lowering` (its kernel family's
+lowering when ``node.meta["kernel"]`` names one, else the generic one); nodes are lowered in
+the graph's (topological) order inside one dataflow block.
 """
 
 from __future__ import annotations
@@ -63,6 +65,21 @@ def lower(graph: Graph, target) -> tvm.IRModule:  # noqa: F821
     ``target`` is a :class:`lowbit.codegen.target.Target` (or a name for
     :func:`~lowbit.codegen.target.resolve_target`); lowerings may consult it. Unsupported ops
     or attributes raise :class:`LoweringError` naming the node and op."""
+    return _lower(graph, target, None)
+
+
+def lower_stored(graph: Graph, target) -> tuple[tvm.IRModule, list]:  # noqa: F821
+    """:func:`lower`, except that the kernels' integer weight arrays
+    (:meth:`~lowbit.codegen.lowering.LoweringContext.weight`) are not bound inside the module:
+    ``main`` takes them as parameters after the graph inputs. Returns the module and
+    ``[(parameter name, ndarray)]`` in parameter order -- what an artifact stores compactly
+    (:mod:`lowbit.runtime.weights`) and passes back on every call."""
+    stored: list = []
+    mod = _lower(graph, target, stored)
+    return mod, [(name, array) for name, _, array in stored]
+
+
+def _lower(graph: Graph, target, stored: list | None):
     from tvm import relax
 
     from .target import resolve_target
@@ -73,8 +90,9 @@ def lower(graph: Graph, target) -> tvm.IRModule:  # noqa: F821
         raise LoweringError(f"graph '{graph.name}' has no outputs; nothing to lower")
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, _struct_info(v)) for v in graph.inputs]
-    ctx = LoweringContext(bb, target, {v.name: p for v, p in zip(graph.inputs, params)})
-    with bb.function("main", params):
+    ctx = LoweringContext(bb, target, {v.name: p for v, p in zip(graph.inputs, params)},
+                          stored)
+    with bb.function("main"):  # parameters at the end: stored weights join the inputs
         with bb.dataflow():
             for node in graph.nodes:
                 lowering = get_lowering(node)
@@ -100,5 +118,5 @@ def lower(graph: Graph, target) -> tvm.IRModule:  # noqa: F821
                 outs.append(ctx.values[value.name])
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
-        bb.emit_func_output(gv)
+        bb.emit_func_output(gv, params=params + [var for _, var, _ in stored or ()])
     return bb.get()

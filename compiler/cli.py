@@ -6,7 +6,9 @@ IR. With ``--quant PRESET`` and/or ``--recipe FILE`` (plus ``--calib FILE.npz`` 
 ``--calibration minmax|percentile|mse|entropy``) it quantizes the model with
 :func:`lowbit.quantize` and prints the quantized IR (per tensor QType, scales, zero points,
 dyadic m/shift) followed by one ``weights: fp32 ... B -> packed ... B (Nx smaller ...)`` line
-(text format only). ``lowbit ops`` lists the supported ONNX ops and versions.
+(text format only). ``lowbit inspect OUT.lbx`` prints a compiled artifact's checked manifest:
+target, inputs / outputs, per-layer plan and stored weights (``--format json``: the manifest
+itself). ``lowbit ops`` lists the supported ONNX ops and versions.
 
 ``lowbit compile MODEL.onnx --target x86 --quant PRESET [--recipe FILE] [--calib FILE.npz]
 [--input-shape NAME=D0,...] [--threads N] [--dump-ir DIR] -o OUT.lbx`` runs
@@ -82,11 +84,48 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _is_artifact(path: str) -> bool:
+    from ..runtime.artifact import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _inspect_artifact(args) -> int:
+    """``lowbit inspect OUT.lbx``: the checked manifest (text, or the JSON with
+    ``--format json``); no TVM, and the host need not run the target."""
+    import json
+
+    from ..runtime.artifact import load_artifact
+
+    for flag, value in (("--quant", args.quant), ("--recipe", args.recipe),
+                        ("--calib", args.calib), ("--input-shape", args.input_shape),
+                        ("--dump-ir", args.dump_ir), ("--budget", args.budget)):
+        if value is not None:
+            raise _CliError(f"{flag} applies to ONNX models; {args.model!r} is a compiled .lbx "
+                            f"artifact (inspect prints its manifest)")
+    art = load_artifact(args.model, host_check=False)
+    if args.format == "json":
+        text = json.dumps(art.manifest(), indent=1, sort_keys=True) + "\n"
+    else:
+        text = f"{args.model}: {Path(args.model).stat().st_size:,} B\n" + art.describe()
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from ..ir import to_json
     from ..passes import default_pipeline
     from .onnx_import import import_onnx
 
+    if _is_artifact(args.model):
+        return _inspect_artifact(args)
     shapes = _parse_shapes(args.input_shape) or {}
     if args.quant is not None or args.recipe is not None:
         return _inspect_quantized(args, shapes)
@@ -204,8 +243,10 @@ def _cmd_compile(args) -> int:
         art = result.artifact
         if result.plan is not None:
             sys.stderr.write(_plan_report(result.plan, art))
+        stored = (f"; kernel weights {art.stored_weight_bytes:,} B on disk, "
+                  f"{art.weight_memory_bytes:,} B in memory" if art.weights else "")
         print(f"lowbit: wrote {out} ({out.stat().st_size:,} bytes, target {art.target.name}, "
-              f"{len(art.plan)} quantized layers) in {total:.2f} s"
+              f"{len(art.plan)} quantized layers{stored}) in {total:.2f} s"
               + (f"; plan saved to {save_plan}" if save_plan is not None else ""),
               file=sys.stderr)
     return 0
@@ -399,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="import a model, run passes, print the lowbit IR")
-    p.add_argument("model", help="path to an ONNX model")
+    p = sub.add_parser("inspect", help="import a model, run passes, print the lowbit IR (or "
+                                       "print a compiled .lbx artifact's manifest)")
+    p.add_argument("model", help="path to an ONNX model, or a compiled .lbx artifact")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="bind a graph input's shape (repeatable), e.g. x=1,3,48,320")
     p.add_argument("--passes", choices=("default", "none"), default="default",

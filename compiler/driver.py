@@ -330,7 +330,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
     if dump is not None:
         _write_text(dump / "final.txt", str(graph))
     with log.stage("lower", tgt.name):
-        mod = _lower(graph, tgt)
+        mod, weights = _lower(graph, tgt)
     script = mod.script()
     if dump is not None:
         _write_text(dump / "relax.py", script)
@@ -338,7 +338,7 @@ def compile_model(model, target="x86", quant: str = "w4a8", calib=None, recipe=N
         payload = _compile(mod, tgt, threads)
     artifact = Artifact(target=target_spec(tgt), inputs=tensor_specs(graph.inputs),
                         outputs=tensor_specs(graph.outputs), payload=payload,
-                        plan=plan_rows(graph, chosen))
+                        plan=plan_rows(graph, chosen), weights=tuple(weights))
     return CompileResult(artifact, graph, script, tuple(log.times[first_stage:]), chosen)
 
 
@@ -377,9 +377,11 @@ def _select(graph: Graph, target, cache_dir=None) -> None:
 
 
 def _lower(graph: Graph, target):
-    from ..codegen.lower import lower
+    """The Relax module and the kernel weights the artifact stores beside the library
+    (:func:`lowbit.codegen.lower.lower_stored`)."""
+    from ..codegen.lower import lower_stored
 
-    return lower(graph, target)
+    return lower_stored(graph, target)
 
 
 def _compile(mod, target, threads: int | None) -> bytes:

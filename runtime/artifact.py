@@ -7,11 +7,17 @@ Layout (all integers little-endian; no pickle anywhere)::
     offset 12  manifest length  u64      m
     offset 20  payload length   u64      p
     offset 28  manifest         m bytes  UTF-8 JSON (see :class:`Artifact`)
-    28 + m     payload          p bytes  the TVM shared library (``export_library`` output)
+    28 + m     payload          p bytes  the TVM shared library (``export_library`` output),
+                                         then the stored weights (format 2)
     28 + m + p checksum         32 bytes SHA-256 of every byte before it
 
 so a well-formed file is exactly ``28 + m + p + 32`` bytes long. The magic's high byte and CR LF /
-SUB bytes catch text-mode transfers and foreign files, as PNG's do.
+SUB bytes catch text-mode transfers and foreign files, as PNG's do. The manifest's ``payloads``
+list the parts of the payload in order with their lengths: the library, and (format 2) the
+``weights`` section, the kernels' integer weight arrays that the library takes as trailing
+parameters of ``entry``, each stored at its information content (4-bit weights in an int8
+kernel layout: 4 bits on disk; :mod:`lowbit.runtime.weights`) and described in the manifest's
+``weights`` list. Format 1 files (no weights section) still load.
 
 :func:`load_artifact` checks, in this order and before anything touches native code: size and
 magic (empty, foreign or truncated header), format version (a newer lowbit wrote it), declared
@@ -26,6 +32,7 @@ artifacts from sources you trust. This module imports no TVM at all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,14 +46,17 @@ from pathlib import Path
 import numpy as np
 
 from ..ir.errors import ArtifactError, LoweringError
+from .weights import StoredTensor, decode, encode_all
 
 MAGIC = b"\x89LBX\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _HEADER = struct.Struct("<8sIQQ")  # magic, format version, manifest length, payload length
 HEADER_SIZE = _HEADER.size  # 28
 CHECKSUM_SIZE = 32
 #: the only payload kind this lowbit writes and loads
 PAYLOAD_KIND = "tvm-relax-vm-shared-library"
+#: the stored-weights section (format 2; :mod:`lowbit.runtime.weights`)
+WEIGHTS_KIND = "lowbit-stored-weights"
 #: on aarch64 /proc/cpuinfo says ``asimd`` for what LLVM and lowbit call ``neon``
 _FEATURE_ALIASES = {"neon": "asimd"}
 _ARCHES = ("x86_64", "aarch64", "cuda")
@@ -195,10 +205,11 @@ class PlanRow:
 class Artifact:
     """A compiled model: the manifest fields plus the payload bytes.
 
-    ``payload`` is a TVM Relax VM executable exported with ``executable.export_library`` (weights
-    bound as constants inside it); ``entry`` is the VM function to call; its positional
-    parameters are ``inputs`` in order and it returns ``outputs`` in order (a tensor when there
-    is one output, a tuple otherwise).
+    ``payload`` is a TVM Relax VM executable exported with ``executable.export_library``;
+    ``entry`` is the VM function to call; its positional parameters are ``inputs`` in order,
+    then the arrays of ``weights`` (``(name, integer ndarray)`` pairs, in order: the kernels'
+    weights, stored compactly in the file) and it returns ``outputs`` in order (a tensor when
+    there is one output, a tuple otherwise). Other constants are bound inside the library.
     """
 
     target: TargetSpec
@@ -208,6 +219,7 @@ class Artifact:
     entry: str = "main"
     plan: tuple[PlanRow, ...] = ()
     lowbit_version: str = field(default_factory=_lowbit_version)
+    weights: tuple[tuple[str, np.ndarray], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self):
         for role in ("inputs", "outputs"):
@@ -228,6 +240,53 @@ class Artifact:
         object.__setattr__(self, "payload", bytes(self.payload))
         if not isinstance(self.entry, str) or not self.entry:
             raise ArtifactError(f"artifact entry must be a VM function name, got {self.entry!r}")
+        if not isinstance(self.weights, tuple) or not all(
+                isinstance(w, tuple) and len(w) == 2 and isinstance(w[0], str)
+                and isinstance(w[1], np.ndarray) and w[1].dtype.kind in "iu"
+                for w in self.weights):
+            raise ArtifactError("artifact weights must be a tuple of (name, integer ndarray)")
+
+    @functools.cached_property
+    def _stored(self) -> tuple[tuple[StoredTensor, ...], bytes]:
+        """The weights' entries and section, encoded on first use (saving, sizes): a loaded
+        artifact that only runs never re-encodes them."""
+        return encode_all(self.weights)
+
+    @property
+    def stored_weight_bytes(self) -> int:
+        """Bytes the weights section takes in the file (what the plan's bits become on
+        disk; the library's own constants -- scales, float weights -- are not counted)."""
+        return len(self._stored[1])
+
+    @property
+    def weight_memory_bytes(self) -> int:
+        """Bytes the weights take in memory once loaded (the kernels' layouts)."""
+        return sum(w.nbytes for _, w in self.weights)
+
+    def describe(self) -> str:
+        """What ``lowbit inspect OUT.lbx`` prints: target, inputs / outputs, the per-layer
+        plan and every stored weight (encoding, bytes on disk and in memory)."""
+        features = ", ".join(self.target.features) or "none required"
+        lines = [f"lowbit {self.lowbit_version} artifact, target {self.target.name} "
+                 f"({self.target.arch}; {features}), entry {self.entry!r}",
+                 f"library: {len(self.payload):,} B"]
+        lines += [f"input  {spec}" for spec in self.inputs]
+        lines += [f"output {spec}" for spec in self.outputs]
+        lines.append(f"plan: {len(self.plan)} quantized layers")
+        for row in self.plan:
+            details = " ".join(f"{k}={v}" for k, v in row.details)
+            lines.append(f"  {row.layer}  {row.op}  kernel={row.kernel}  {details}".rstrip())
+        entries = self._stored[0]
+        lines.append(f"weights: {len(entries)} stored, {self.stored_weight_bytes:,} B on "
+                     f"disk, {self.weight_memory_bytes:,} B in memory")
+        for entry in entries:
+            how = {"raw": "raw", "palette": f"palette, {entry.bits}-bit indices",
+                   "sliced": f"palette per slice of axis {entry.axis}, {entry.bits}-bit indices"
+                   }[entry.encoding]
+            memory = entry.numel * np.dtype(entry.dtype).itemsize
+            lines.append(f"  {entry.name}  {entry.dtype}[{','.join(map(str, entry.shape))}]  "
+                         f"{how}  {entry.length:,} B (memory {memory:,} B)")
+        return "\n".join(lines) + "\n"
 
     def manifest(self) -> dict:
         """The JSON manifest written into the file."""
@@ -240,14 +299,20 @@ class Artifact:
             "outputs": [t.to_json() for t in self.outputs],
             "plan": [row.to_json() for row in self.plan],
             "payloads": [{"name": "library", "kind": PAYLOAD_KIND,
-                          "length": len(self.payload)}],
+                          "length": len(self.payload)},
+                         {"name": "weights", "kind": WEIGHTS_KIND,
+                          "length": self.stored_weight_bytes}],
+            "weights": [entry.to_json() for entry in self._stored[0]],
         }
 
     def to_bytes(self) -> bytes:
-        """The whole file: header, manifest, payload, SHA-256 of all of it."""
+        """The whole file: header, manifest, payload (library + weights), SHA-256 of all of
+        it."""
         manifest = json.dumps(self.manifest(), sort_keys=True, indent=1).encode()
-        body = (_HEADER.pack(MAGIC, FORMAT_VERSION, len(manifest), len(self.payload))
-                + manifest + bytes(self.payload))
+        section = self._stored[1]
+        body = (_HEADER.pack(MAGIC, FORMAT_VERSION, len(manifest),
+                             len(self.payload) + len(section))
+                + manifest + bytes(self.payload) + section)
         return body + hashlib.sha256(body).digest()
 
     def save(self, path) -> Path:
@@ -409,9 +474,17 @@ def _parse_manifest(raw: bytes, where: str) -> dict:
             if not isinstance(manifest[key], str):
                 raise TypeError(f"{key} must be a string")
         payloads = manifest["payloads"]
-        if (len(payloads) != 1 or payloads[0]["kind"] != PAYLOAD_KIND
-                or not isinstance(payloads[0]["length"], int)):
-            raise ValueError(f"expected exactly one {PAYLOAD_KIND} payload")
+        kinds = [p["kind"] for p in payloads]
+        if (kinds not in ([PAYLOAD_KIND], [PAYLOAD_KIND, WEIGHTS_KIND])
+                or not all(isinstance(p["length"], int) and not isinstance(p["length"], bool)
+                           and p["length"] >= 0 for p in payloads)):
+            raise ValueError(f"expected a {PAYLOAD_KIND} payload, optionally followed by a "
+                             f"{WEIGHTS_KIND} section")
+        section = payloads[1]["length"] if len(payloads) == 2 else 0
+        manifest["_weights"] = tuple(StoredTensor.from_json(w, section)
+                                     for w in manifest.get("weights", ()))
+        if len({w.name for w in manifest["_weights"]}) != len(manifest["_weights"]):
+            raise ValueError("stored weight names repeat")
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError,
             ArtifactError) as exc:
         raise ArtifactError(
@@ -449,8 +522,10 @@ def _check_header(head: bytes, size: int, where: str) -> None:
                             f"checksum; the file is corrupted — recompile the model")
 
 
-def load_artifact(path) -> Artifact:
-    """Read and fully check ``path`` (see the module docstring); never runs native code."""
+def load_artifact(path, host_check: bool = True) -> Artifact:
+    """Read and fully check ``path`` (see the module docstring); never runs native code.
+    ``host_check=False`` skips only the check that this host can run the target (to read an
+    arm64 or CUDA artifact's manifest on an x86 machine)."""
     path = Path(path)
     where = f"artifact {str(path)!r}"
     try:
@@ -470,17 +545,25 @@ def load_artifact(path) -> Artifact:
         raise ArtifactError(f"{where}: SHA-256 checksum mismatch, the file is corrupted or was "
                             f"modified; recompile the model")
     manifest = _parse_manifest(data[HEADER_SIZE:HEADER_SIZE + manifest_len], where)
-    if manifest["payloads"][0]["length"] != payload_len:
-        raise ArtifactError(f"{where}: manifest payload length {manifest['payloads'][0]['length']}"
-                            f" != header payload length {payload_len}; recompile the model")
+    lengths = [p["length"] for p in manifest["payloads"]]
+    if sum(lengths) != payload_len:
+        raise ArtifactError(f"{where}: manifest payload lengths {lengths} do not add up to the "
+                            f"header payload length {payload_len}; recompile the model")
     ours = _lowbit_version()
     if not compatible_version(manifest["lowbit_version"], ours):
         raise ArtifactError(f"{where}: written by lowbit {manifest['lowbit_version']}, which is "
                             f"not compatible with this lowbit {ours}; recompile the model with "
                             f"this version (or install lowbit {manifest['lowbit_version']})")
-    check_host(manifest["_target"], where)
+    if host_check:
+        check_host(manifest["_target"], where)
     start = HEADER_SIZE + manifest_len
+    library = lengths[0]
+    section = view[start + library:start + payload_len]
+    try:
+        weights = tuple((entry.name, decode(entry, section)) for entry in manifest["_weights"])
+    except ArtifactError as exc:
+        raise ArtifactError(f"{where}: {exc}") from None
     return Artifact(target=manifest["_target"], inputs=manifest["_inputs"],
-                    outputs=manifest["_outputs"], payload=data[start:start + payload_len],
+                    outputs=manifest["_outputs"], payload=data[start:start + library],
                     entry=manifest["entry"], plan=manifest["_plan"],
-                    lowbit_version=manifest["lowbit_version"])
+                    lowbit_version=manifest["lowbit_version"], weights=weights)

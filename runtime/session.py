@@ -6,7 +6,9 @@ on a full install); ``tvm.relax`` and the compiler are never imported.
 
 Loading: :func:`~lowbit.runtime.artifact.load_artifact` checks the file first; then the payload
 is written to a private temporary file (mode 0600, removed right after loading: ``dlopen``
-keeps its own mapping) and loaded with ``tvm.runtime.load_module``.
+keeps its own mapping) and loaded with ``tvm.runtime.load_module``. The stored weights
+(decoded from their compact encoding by ``load_artifact``, :mod:`lowbit.runtime.weights`) become
+TVM tensors once and follow the inputs in every call.
 
 Concurrent ``run``: a Relax VM instance holds per-call state (registers, frames); one VM
 shared by 4 threads without a lock failed with ``Check failed: reg < frame->register_file.size()``
@@ -137,6 +139,8 @@ class Session:
         self.threads = default if threads is None else threads
         _raise_thread_cap(self.threads)
         self._library = self._load_library(artifact.payload)
+        # the stored weights, decoded by load_artifact: trailing arguments of every call
+        self._weights = [_cpu_tensor(tvm, array) for _, array in artifact.weights]
         self._local = threading.local()
         self._check_entry(self._vm())
 
@@ -157,10 +161,12 @@ class Session:
         except (ValueError, RuntimeError, AttributeError):  # ValueError: no such function
             raise ArtifactError(f"artifact {str(self.path)!r}: the payload has no VM function "
                                 f"{entry!r}; recompile the model") from None
-        if arity != len(self._inputs):
+        expected = len(self._inputs) + len(self._weights)
+        if arity != expected:
             raise ArtifactError(f"artifact {str(self.path)!r}: VM function {entry!r} takes "
-                                f"{arity} inputs but the manifest lists {len(self._inputs)}; "
-                                f"recompile the model")
+                                f"{arity} arguments but the manifest lists {len(self._inputs)} "
+                                f"inputs and {len(self._weights)} stored weights; recompile "
+                                f"the model")
 
     # -- introspection ------------------------------------------------------------------------
     def get_inputs(self) -> list[TensorSpec]:
@@ -223,7 +229,7 @@ class Session:
         tvm = self._tvm
         args = [_cpu_tensor(tvm, a) for a in arrays]
         try:
-            result = self._vm()[self.entry](*args)
+            result = self._vm()[self.entry](*args, *self._weights)
         except (RuntimeError, ValueError, TypeError) as exc:  # a TVM runtime error
             raise ExecutionError(f"{self._where}: the compiled model failed "
                                  f"({' '.join(str(exc).split())[:300]})") from None

@@ -28,6 +28,10 @@ from ...ir.errors import LoweringError
 #: the kernel name of the generic lowerings (``node.meta["kernel"]`` absent or equal to it)
 REFERENCE = "reference"
 
+#: integer kernel weights from this size on are stored outside the library (per-channel
+#: offsets and multipliers stay inside: they are small and do not shrink)
+STORED_MIN_BYTES = 1024
+
 LoweringFn = Callable[["LoweringContext", Node], object]
 _LOWERINGS: dict[tuple[Op, str], LoweringFn] = {}
 
@@ -98,6 +102,9 @@ class LoweringContext:
     bb: object
     target: object
     values: dict = field(default_factory=dict)
+    #: ``[(name, relax.Var, ndarray)]`` when the kernels' weights are stored outside the library
+    #: (:meth:`weight`), None to bind every constant inside it
+    stored: list | None = None
 
     def input(self, node: Node, index: int):
         """The Relax expression of input ``index`` of ``node`` (None for an absent input)."""
@@ -132,6 +139,23 @@ class LoweringContext:
 
         arr = np.ascontiguousarray(array)
         return relax.const(arr, str(arr.dtype))
+
+    def weight(self, array, name: str) -> object:
+        """A kernel's weight array: a Relax constant, or -- when this lowering stores weights
+        outside the library (``stored`` is a list) and ``array`` is an integer array of at
+        least :data:`STORED_MIN_BYTES` -- a new parameter of ``main`` (appended to ``stored``
+        with its value; the artifact keeps it at its information content,
+        :mod:`lowbit.runtime.weights`) called ``name`` (``<node>:w<i>``: unique per graph).
+        Use it only for arrays a ``call_tir`` reads as they are: a parameter is not
+        constant-folded."""
+        from tvm import relax
+
+        arr = np.ascontiguousarray(array)
+        if self.stored is None or arr.dtype.kind not in "iu" or arr.nbytes < STORED_MIN_BYTES:
+            return self.constant(arr)
+        var = relax.Var(name, relax.TensorType([int(d) for d in arr.shape], str(arr.dtype)))
+        self.stored.append((name, var, arr))
+        return var
 
     def emit_te(self, fn, *args, name: str = "kernel", **kwargs):
         """Emit ``relax.call_tir`` of the PrimFunc that ``te.create_prim_func`` makes from

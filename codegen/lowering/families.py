@@ -550,7 +550,8 @@ def lower_layer(ctx, node, family: str):
         if str(x.ty.dtype) != a_dtype:
             x = ctx.bb.emit(relax.op.astype(x, a_dtype))
     y_shape = (M, N) if plan.layout in ("gemm", "im2col") else out_shape(node)
-    args = relax.Tuple([x, *[ctx.constant(p) for p in plan.params]])
+    args = relax.Tuple([x, *[ctx.weight(p, f"{node.name}:w{i}")
+                             for i, p in enumerate(plan.params)]])
     y = ctx.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(y_shape, spec.out_dtype)))
     if plan.fused:
         if spec.out_dtype != out_dtype(node):

@@ -211,7 +211,8 @@ def _linear(ctx, node, *, w_channel_axis: int, out_channel_axis: int, build_sum,
 
             return te.compute(shape, body, name="y")
 
-        return ctx.emit_te(compute, x, ctx.constant(w), off_const, *extra, name=node.name)
+        return ctx.emit_te(compute, x, ctx.weight(w, f"{node.name}:w0"), off_const, *extra,
+                           name=node.name)
 
     stack, gm, gs, ghalf = _group_weights(node, w, w_channel_axis)
     n_red = stack.shape[0]
@@ -233,9 +234,9 @@ def _linear(ctx, node, *, w_channel_axis: int, out_channel_axis: int, build_sum,
 
         return te.compute(shape, body, name="y")
 
-    return ctx.emit_te(compute_groups, x, ctx.constant(stack), ctx.constant(gm),
-                       ctx.constant(gs), ctx.constant(ghalf), ctx.constant(bias), *extra,
-                       name=node.name)
+    return ctx.emit_te(compute_groups, x, ctx.weight(stack, f"{node.name}:w0"),
+                       ctx.constant(gm), ctx.constant(gs), ctx.constant(ghalf),
+                       ctx.constant(bias), *extra, name=node.name)
 
 
 @register_lowering(Op.QMATMUL)

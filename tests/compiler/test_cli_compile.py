@@ -6,6 +6,7 @@ output magnitude: the integer layers are bit-exact, only the final float dequant
 differently (see tests/compiler/test_driver.py).
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from lowbit.codegen.target import resolve_target
 from lowbit.compiler.cli import main
 from lowbit.compiler.driver import target_recipe
 from lowbit.compiler.recipes import preset
+from lowbit.runtime.artifact import load_artifact
 from lowbit.runtime.reference import run_reference
 
 EXAMPLES = Path(lowbit.__file__).parent / "examples"
@@ -53,6 +55,26 @@ def work(tmp_path_factory):
         capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     return folder, lbx, proc.stderr
+
+
+def test_inspect_prints_a_compiled_artifact(work, capsys):
+    _folder, lbx, err = work
+    art = load_artifact(lbx)
+    # the compile report names the stored weights' bytes on disk and in memory
+    assert f"kernel weights {art.stored_weight_bytes:,} B on disk" in err
+    assert main(["inspect", str(lbx)]) == 0
+    out = capsys.readouterr().out
+    assert f"{lbx}: {lbx.stat().st_size:,} B" in out
+    assert "target x86 (x86_64;" in out and "input  input: float32[8,1,8,8]" in out
+    for row in art.plan:
+        assert f"  {row.layer}  {row.op}  kernel={row.kernel}  " in out
+    for name, array in art.weights:
+        assert f"  {name}  {array.dtype}[{','.join(map(str, array.shape))}]  " in out
+    assert main(["inspect", str(lbx), "--format", "json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest == art.manifest()
+    _one_line_error(capsys, main(["inspect", str(lbx), "--quant", "int8"]),
+                    "--quant applies to ONNX models")
 
 
 def test_compile_writes_artifact_and_shows_stages(work):

@@ -9,7 +9,10 @@ simulator's formulas), so outputs differ only by the final float DequantizeLinea
 
 import dataclasses
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import lowbit
@@ -18,6 +21,7 @@ import onnxruntime as ort
 import pytest
 from lowbit.compiler.cli import main
 from lowbit.codegen.kernels.int8 import reduces_range
+from lowbit.codegen.lowering import STORED_MIN_BYTES
 from lowbit.codegen.target import resolve_target
 from lowbit.compiler.driver import (
     STAGES,
@@ -94,6 +98,59 @@ def test_manifest_plan_and_specs(compiled):
         assert details["format"] == "uniform" and details["a_bits"] == 8
         assert details["acc"] in ("int32", "int64")
     assert tuple(name for name, _ in result.times) == STAGES[:6]
+
+
+def _stored_entries(path) -> dict:
+    """The manifest's stored-weight entries of the .lbx at ``path``, by name."""
+    data = Path(path).read_bytes()
+    _, _, m, _ = struct.unpack_from("<8sIQQ", data)
+    manifest = json.loads(data[artifact_module.HEADER_SIZE:artifact_module.HEADER_SIZE + m])
+    return {w["name"]: w for w in manifest["weights"]}
+
+
+def test_kernel_weights_are_stored_at_the_plans_bits(compiled):
+    """A w-bit layer's weights take ~w bits per weight on disk whatever its kernel's layout
+    (int8 keeps a byte per weight in memory): the 4-bit export is smaller than the 8-bit one."""
+    quant, result, path = compiled
+    art = load_artifact(path)
+    entries = _stored_entries(path)
+    assert [name for name, _ in art.weights] == list(entries)
+    for row in art.plan:
+        details = dict(row.details)
+        node = result.graph.node_by_name(row.layer)
+        weights = int(node.inputs[1].numel)
+        entry = entries.get(f"{row.layer}:w0")  # the packed weights, whatever the family
+        if entry is None:  # a layout under the threshold stays inside the library
+            assert weights * details["w_bits"] / 8 < STORED_MIN_BYTES, row
+            continue
+        assert entry["length"] <= 1.5 * weights * details["w_bits"] / 8 + 64, (row, entry)
+        if entry["encoding"] == "palette":
+            assert entry["bits"] <= details["w_bits"]
+    assert art.stored_weight_bytes == sum(e["length"] for e in entries.values())
+    assert art.stored_weight_bytes < art.weight_memory_bytes or quant == "int8"
+
+
+RUNTIME_ONLY = """
+import sys
+import numpy as np
+import tvm
+assert tvm.base._RUNTIME_ONLY, "not in runtime-only mode"
+from lowbit.runtime.session import Session
+(y,) = Session(sys.argv[1], threads=1).run(None, {"input": np.load(sys.argv[2])})
+np.save(sys.argv[3], y)
+"""
+
+
+def test_stored_weights_load_under_runtime_only_tvm(compiled, tmp_path):
+    _quant, _result, path = compiled
+    x = _images(16)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(path), str(tmp_path / "x.npy"),
+                           str(tmp_path / "y.npy")], check=False, capture_output=True, text=True,
+                          env=dict(os.environ, TVM_USE_RUNTIME_LIB="1"), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (here,) = lowbit.Session(path, threads=1).run(None, {"input": x})
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), here)
 
 
 def test_quant_none_equals_onnxruntime(tmp_path):
@@ -197,11 +254,10 @@ EM_AARCH64 = 183
 
 
 def _read_lbx(path: Path) -> tuple[dict, bytes]:
-    """Manifest and payload of a .lbx file read raw (``load_artifact`` refuses a foreign arch):
-    magic 8 bytes, version u32, manifest length u64, payload length u64, manifest, payload."""
-    data = path.read_bytes()
-    _, _, m, p = struct.unpack_from("<8sIQQ", data, 0)
-    return json.loads(data[28:28 + m]), data[28 + m:28 + m + p]
+    """Manifest and library of a .lbx file built for another architecture (fully checked but
+    the host's ability to run it)."""
+    art = load_artifact(path, host_check=False)
+    return art.manifest(), art.payload
 
 
 def test_missing_cross_linker_is_one_lowering_error(monkeypatch):
@@ -238,6 +294,12 @@ def test_arm64_artifact_is_an_aarch64_library(quant, tmp_path):
     path = art.save(tmp_path / "arm.lbx")
     assert path.read_bytes() == art.to_bytes()
     assert _read_lbx(path) == (art.manifest(), art.payload)
+    # the quantized layers' weights are stored beside the library, and unpack the same
+    loaded = load_artifact(path, host_check=False)
+    assert len(loaded.weights) == len(art.weights) == (0 if quant == "none" else 3)
+    for (name, want), (got_name, got) in zip(art.weights, loaded.weights):
+        assert name == got_name and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
     if host_arch() == "aarch64":
         return  # it runs here: the other tests cover Session
     with pytest.raises(ArtifactError, match=f"built for aarch64 .*this host is {host_arch()}") \

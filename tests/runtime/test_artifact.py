@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from lowbit.ir.errors import ArtifactError, LoweringError
 from lowbit.runtime import artifact as art
@@ -79,11 +80,80 @@ def test_layout_is_header_manifest_payload_checksum(saved):
     assert len(data) == HEADER_SIZE + m + p + CHECKSUM_SIZE
     manifest = json.loads(data[HEADER_SIZE:HEADER_SIZE + m])
     assert manifest["payloads"] == [{"name": "library", "kind": art.PAYLOAD_KIND,
-                                     "length": len(PAYLOAD)}]
+                                     "length": len(PAYLOAD)},
+                                    {"name": "weights", "kind": art.WEIGHTS_KIND, "length": 0}]
+    assert manifest["weights"] == []
     assert manifest["inputs"] == [{"name": "x", "shape": [3, 8], "dtype": "float32"}]
     assert manifest["entry"] == "main" and manifest["lowbit_version"]
     assert data[HEADER_SIZE + m:HEADER_SIZE + m + p] == PAYLOAD
     assert data[-CHECKSUM_SIZE:] == hashlib.sha256(data[:-CHECKSUM_SIZE]).digest()
+
+
+def _weights():
+    rng = np.random.default_rng(0)
+    return (("w4", rng.integers(-8, 8, (64, 33)).astype(np.int8)),  # 4 bits each
+            ("ternary", rng.integers(-1, 2, (16, 50)).astype(np.int8)),  # 2 bits each
+            ("planes", rng.integers(0, 2**63, (2, 5), dtype=np.uint64)),  # raw
+            ("offset", np.arange(-40, 40, dtype=np.int32)))  # raw
+
+
+def test_stored_weights_round_trip_at_their_information_content(tmp_path):
+    stored = _artifact(weights=_weights())
+    assert stored.stored_weight_bytes == 64 * 33 // 2 + 16 * 50 // 4 + 80 + 320
+    assert stored.weight_memory_bytes == 64 * 33 + 16 * 50 + 80 + 320
+    path = stored.save(tmp_path / "w.lbx")
+    data = path.read_bytes()
+    _, _, m, p = struct.unpack_from("<8sIQQ", data)
+    assert p == len(PAYLOAD) + stored.stored_weight_bytes
+    manifest = json.loads(data[HEADER_SIZE:HEADER_SIZE + m])
+    assert [(w["name"], w["encoding"], w.get("bits")) for w in manifest["weights"]] == [
+        ("w4", "palette", 4), ("ternary", "palette", 2), ("planes", "raw", None),
+        ("offset", "raw", None)]
+    loaded = load_artifact(path)
+    assert loaded.payload == PAYLOAD
+    assert [name for name, _ in loaded.weights] == ["w4", "ternary", "planes", "offset"]
+    for (_, want), (_, got) in zip(_weights(), loaded.weights):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_format_1_file_without_weights_still_loads(tmp_path):
+    manifest = _artifact().manifest()
+    manifest["payloads"] = manifest["payloads"][:1]
+    del manifest["weights"]
+    path = _rewrite(tmp_path / "v1.lbx", _with_manifest(manifest, version=1))
+    loaded = load_artifact(path)
+    assert loaded.weights == () and loaded.payload == PAYLOAD
+
+
+def test_malformed_weight_entries(tmp_path):
+    good = _artifact(weights=_weights())
+    section = good.to_bytes()[HEADER_SIZE:][:-CHECKSUM_SIZE]
+    section = section[-good.stored_weight_bytes:]
+    path = tmp_path / "m.lbx"
+    for change, message in [({"length": 1}, "do not match"), ({"bits": 9}, "9-bit indices"),
+                            ({"encoding": "lz4"}, "bad dtype")]:
+        manifest = good.manifest()
+        manifest["weights"][0].update(change)
+        _rewrite(path, _with_manifest(manifest, PAYLOAD + section))
+        with pytest.raises(ArtifactError, match=f"malformed manifest.*{message}"):
+            load_artifact(path)
+    manifest = good.manifest()
+    manifest["weights"][1]["name"] = "w4"
+    _rewrite(path, _with_manifest(manifest, PAYLOAD + section))
+    with pytest.raises(ArtifactError, match="malformed manifest.*names repeat"):
+        load_artifact(path)
+    manifest = good.manifest()  # the ternary palette shrunk to 2 values: index 2 is past it
+    manifest["weights"][1]["values"] = [-1, 0]
+    _rewrite(path, _with_manifest(manifest, PAYLOAD + section))
+    with pytest.raises(ArtifactError,
+                       match=r"m\.lbx.*stored weight 'ternary': index 2 past its 2-value"):
+        load_artifact(path)
+    manifest = good.manifest()
+    manifest["payloads"] = manifest["payloads"][::-1]
+    _rewrite(path, _with_manifest(manifest, PAYLOAD + section))
+    with pytest.raises(ArtifactError, match="malformed manifest.*optionally followed"):
+        load_artifact(path)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -292,6 +362,8 @@ def test_artifact_module_has_no_pickle():
     (lambda: PlanRow("fc1", "MatMul", "int8", (("tiles", (4, 4)),)), "details must be"),
     (lambda: _artifact(inputs=(TensorSpec("x", (1,), "float32"),) * 2), "repeat a name"),
     (lambda: _artifact(payload=b""), "non-empty bytes"),
+    (lambda: _artifact(weights=(("w", np.zeros(3, np.float32)),)), "integer ndarray"),
+    (lambda: _artifact(weights=[("w", np.zeros(3, np.int8))]), "integer ndarray"),
 ])
 def test_writer_side_validation(bad, message):
     """Bad fields fail when the Artifact is built, not when someone later loads the file."""

@@ -262,7 +262,8 @@ def test_manifest_that_does_not_fit_the_payload(artifact, tmp_path):
         Session(wrong_entry.save(tmp_path / "entry.lbx"))
     extra_input = Artifact(artifact.target, (*artifact.inputs, TensorSpec("z", (1,), "float32")),
                            artifact.outputs, payload=artifact.payload)
-    with pytest.raises(ArtifactError, match="takes 1 inputs but the manifest lists 2"):
+    with pytest.raises(ArtifactError, match="takes 1 arguments but the manifest lists 2 inputs "
+                                             "and 0 stored weights"):
         Session(extra_input.save(tmp_path / "arity.lbx"))
 
 
