@@ -10,7 +10,8 @@ For each preset (``none``, ``int8``, ``w4a8`` -- w4a8 runs no reconstruction) a 
 process* runs ``lowbit.compiler.driver.compile_model(model, target="x86", quant=P,
 calib=...)`` once (cold: nothing compiled before in that process; the ``import lowbit, tvm``
 time is reported apart) and reports the driver's stage times (import, passes, quantize,
-lower, compile). Calibration: ``--calib-samples`` (default 8) uniform [0, 1) images.
+lower, compile) and the artifact's sizes: the compiled library, the stored kernel weights
+(:mod:`lowbit.runtime.weights`) and the whole ``.lbx``. Calibration: ``--calib-samples`` (default 8) uniform [0, 1) images.
 Issue 4 goal: the whole compile <= 60 s on the 2-core machine. Prints a markdown table and
 the load average before / after (the machine is shared: a high load inflates the figures).
 Run: ``python bench/bench_compile_time.py [--presets none int8 w4a8] [--calib-samples 8]``.
@@ -120,7 +121,8 @@ def run_one(model_path: str, preset: str, calib_samples: int) -> dict:
         kernels[row.kernel] = kernels.get(row.kernel, 0) + 1
     return {"preset": preset, "python_import_s": import_s, "total_s": total,
             "stages": dict(result.times), "payload_bytes": len(result.artifact.payload),
-            "kernels": kernels}
+            "stored_bytes": result.artifact.stored_weight_bytes,
+            "file_bytes": len(result.artifact.to_bytes()), "kernels": kernels}
 
 
 def loadavg() -> str:
@@ -168,13 +170,14 @@ def main(argv=None) -> None:
     load_after = loadavg()
 
     print("\n| preset | " + " | ".join(STAGE_NAMES) + " | **total** | import lowbit+tvm | "
-          "kernels (plan) | .so |")
-    print("|---|" + "---:|" * (len(STAGE_NAMES) + 2) + "---|---:|")
+          "kernels (plan) | library | stored weights | .lbx |")
+    print("|---|" + "---:|" * (len(STAGE_NAMES) + 2) + "---|---:|---:|---:|")
     for r in results:
         cells = [f"{r['stages'].get(s, 0.0):.2f}" for s in STAGE_NAMES]
         kernels = ", ".join(f"{k} x{n}" for k, n in sorted(r["kernels"].items())) or "-"
         print(f"| {r['preset']} | " + " | ".join(cells) + f" | **{r['total_s']:.2f}** | "
-              f"{r['python_import_s']:.2f} | {kernels} | {r['payload_bytes'] / 1e6:.1f} MB |")
+              f"{r['python_import_s']:.2f} | {kernels} | {r['payload_bytes'] / 1e6:.2f} MB | "
+              f"{r['stored_bytes'] / 1e6:.2f} MB | {r['file_bytes'] / 1e6:.2f} MB |")
     worst = max((r["total_s"] for r in results), default=float("nan"))
     verdict = "met" if worst <= GOAL_SECONDS else "NOT met"
     busy = max(_one_minute(load_before), _one_minute(load_after)) > (os.cpu_count() or 1) - 0.5
