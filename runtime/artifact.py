@@ -563,7 +563,10 @@ def load_artifact(path, host_check: bool = True) -> Artifact:
         weights = tuple((entry.name, decode(entry, section)) for entry in manifest["_weights"])
     except ArtifactError as exc:
         raise ArtifactError(f"{where}: {exc}") from None
-    return Artifact(target=manifest["_target"], inputs=manifest["_inputs"],
-                    outputs=manifest["_outputs"], payload=data[start:start + library],
-                    entry=manifest["entry"], plan=manifest["_plan"],
-                    lowbit_version=manifest["lowbit_version"], weights=weights)
+    art = Artifact(target=manifest["_target"], inputs=manifest["_inputs"],
+                   outputs=manifest["_outputs"], payload=data[start:start + library],
+                   entry=manifest["entry"], plan=manifest["_plan"],
+                   lowbit_version=manifest["lowbit_version"], weights=weights)
+    # the file's own entries and bytes: inspecting or re-saving does not encode them again
+    art.__dict__["_stored"] = (manifest["_weights"], bytes(section))
+    return art

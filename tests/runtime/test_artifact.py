@@ -110,7 +110,7 @@ def test_stored_weights_round_trip_at_their_information_content(tmp_path):
         ("w4", "palette", 4), ("ternary", "palette", 2), ("planes", "raw", None),
         ("offset", "raw", None)]
     loaded = load_artifact(path)
-    assert loaded.payload == PAYLOAD
+    assert loaded.payload == PAYLOAD and loaded.to_bytes() == data  # re-saves byte for byte
     assert [name for name, _ in loaded.weights] == ["w4", "ternary", "planes", "offset"]
     for (_, want), (_, got) in zip(_weights(), loaded.weights):
         assert got.dtype == want.dtype
