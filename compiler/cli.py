@@ -84,6 +84,15 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _emit(args, text: str) -> int:
+    """An inspect result to ``-o FILE`` (atomically) or stdout."""
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _is_artifact(path: str) -> bool:
     from ..runtime.artifact import MAGIC
 
@@ -102,8 +111,11 @@ def _inspect_artifact(args) -> int:
     from ..runtime.artifact import load_artifact
 
     for flag, value in (("--quant", args.quant), ("--recipe", args.recipe),
-                        ("--calib", args.calib), ("--input-shape", args.input_shape),
-                        ("--dump-ir", args.dump_ir), ("--budget", args.budget)):
+                        ("--calib", args.calib), ("--calibration", args.calibration),
+                        ("--input-shape", args.input_shape), ("--dump-ir", args.dump_ir),
+                        ("--passes", None if args.passes == "default" else args.passes),
+                        ("--budget", args.budget), ("--max-drop", args.max_drop),
+                        ("--eval", args.eval), ("--save-plan", args.save_plan)):
         if value is not None:
             raise _CliError(f"{flag} applies to ONNX models; {args.model!r} is a compiled .lbx "
                             f"artifact (inspect prints its manifest)")
@@ -112,11 +124,7 @@ def _inspect_artifact(args) -> int:
         text = json.dumps(art.manifest(), indent=1, sort_keys=True) + "\n"
     else:
         text = f"{args.model}: {Path(args.model).stat().st_size:,} B\n" + art.describe()
-    if args.output:
-        write_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(args, text)
 
 
 def _cmd_inspect(args) -> int:
@@ -142,11 +150,7 @@ def _cmd_inspect(args) -> int:
         Path(args.dump_ir).mkdir(parents=True, exist_ok=True)
         write_atomic(Path(args.dump_ir) / "00-input.txt", str(graph))
     text = to_json(graph) + "\n" if args.format == "json" else str(graph)
-    if args.output:
-        write_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(args, text)
 
 
 def _inspect_quantized(args, shapes) -> int:
@@ -179,11 +183,7 @@ def _inspect_quantized(args, shapes) -> int:
         text += ("" if text.endswith("\n") else "\n") + f"{weight_size(graph)}\n"
         if plan is not None:
             text += "\nplan (--quant auto):\n" + format_plan(plan)
-    if args.output:
-        write_atomic(args.output, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(args, text)
 
 
 def _cmd_ops(args) -> int:

@@ -75,6 +75,11 @@ def test_inspect_prints_a_compiled_artifact(work, capsys):
     assert manifest == art.manifest()
     _one_line_error(capsys, main(["inspect", str(lbx), "--quant", "int8"]),
                     "--quant applies to ONNX models")
+    _one_line_error(capsys, main(["inspect", str(lbx), "--passes", "none"]),
+                    "--passes applies to ONNX models")
+    out_file = lbx.parent / "manifest.txt"
+    assert main(["inspect", str(lbx), "-o", str(out_file)]) == 0
+    assert "kernel=" in out_file.read_text()
 
 
 def test_compile_writes_artifact_and_shows_stages(work):
