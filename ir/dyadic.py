@@ -165,9 +165,14 @@ def _max_magnitude(qtype: QType, which: str) -> int:
     if kind == QKind.UNIFORM:
         zps = qtype.zero_point or (0,)
         return max(max(abs(qtype.min - z), abs(qtype.max - z)) for z in zps)
+    if kind == QKind.CODEBOOK and which == "weight":
+        # levels on the integer grid of passes/fold_scales: |w| <= 2^(G-1) - 1
+        from .qformats import codebook_grid_bits
+
+        return (1 << (codebook_grid_bits(qtype.bits) - 1)) - 1
     raise QuantizationError(
-        f"{which} format {qtype} has no integer accumulator (codebook values are looked up, "
-        f"not multiplied); bound the LUT kernel's table sums instead")
+        f"{which} format {qtype} has no integer accumulator (codebook codes index levels; "
+        f"only codebook weights, on their integer level grid, enter a dot product)")
 
 
 def accumulator_bound(K: int, w_qtype: QType, a_qtype: QType) -> int:
@@ -175,7 +180,8 @@ def accumulator_bound(K: int, w_qtype: QType, a_qtype: QType) -> int:
 
     Each term is bounded by ``Wmax * Amax`` with ``Wmax = max |q - zp|`` over the format's code
     range (worst channel's zero point; binary / ternary: 1; pow2: ``2^(e_max)`` as a shift-add
-    integer), and the worst-case vectors (every term at that corner) attain ``K * Wmax * Amax``.
+    integer; codebook weights: the largest level of their integer grid), and the worst-case
+    vectors (every term at that corner) attain ``K * Wmax * Amax``.
     """
     if K < 0:
         raise QuantizationError(f"accumulator_bound: K must be >= 0, got {K}")

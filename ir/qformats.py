@@ -44,7 +44,8 @@ Three entry points share one meaning of a :class:`~lowbit.ir.qtype.QType`:
   ``zero_free`` (exact zeros), ``s = 1`` otherwise.
 * codebook: ``x = levels[q]``, ``2^bits`` levels per group sorted ascending (duplicates allowed
   when a group has fewer distinct values), codes uint; fitted by 1-D k-means: k-means++ init
-  drawn from ``np.random.default_rng(seed)``, Lloyd iterations until the assignment is stable.
+  drawn from ``np.random.default_rng(seed)``, Lloyd iterations until the assignment is stable,
+  then the levels are snapped onto the group's integer grid (:func:`snap_codebook`).
   Nearest level, ties to the lower level.
 
 :func:`activation_qtype` builds the uniform format of an activation range and
@@ -74,6 +75,13 @@ ACTIVATION_BITS = (1, 2, 4, 8)
 
 #: TWN threshold factor: ``delta = TWN_DELTA * mean|w|``
 TWN_DELTA = 0.7
+
+#: signed bits of the integer grid ``passes/fold_scales`` rounds codebook levels onto, for
+#: codebooks of at most :data:`SMALL_CODEBOOK_BITS` index bits (wider ones get
+#: :data:`WIDE_CODEBOOK_GRID_BITS`); see :func:`codebook_grid_bits`
+SMALL_CODEBOOK_GRID_BITS = 7
+SMALL_CODEBOOK_BITS = 4
+WIDE_CODEBOOK_GRID_BITS = 12
 
 _KMEANS_MAX_ITERS = 100
 _CHUNK = 1 << 20  # elements per chunk when comparing against per-group levels
@@ -193,11 +201,39 @@ def fit_weights(
         s = np.where(s > 0, s, 0.0 if zero_free else 1.0)
         qtype = QType(QKind.POW2, bits, True, gran, scale=_floats(s), zero_free=zero_free)
     else:
-        levels = _kmeans_1d(w.ravel(), gid.ravel(), n_groups, 1 << bits,
-                            np.random.default_rng(seed))
+        levels = snap_codebook(_kmeans_1d(w.ravel(), gid.ravel(), n_groups, 1 << bits,
+                                          np.random.default_rng(seed)), bits)
         qtype = QType(QKind.CODEBOOK, bits, False, gran,
                       codebook=tuple(tuple(float(v) for v in row) for row in levels))
     return qtype, quantize(w, qtype)
+
+
+def codebook_grid_bits(bits: int) -> int:
+    """Signed bits ``G`` of the integer grid a ``bits``-bit codebook's levels are rounded onto
+    when scales are folded: the unit is ``max|level| / (2^(G−1) − 1)`` per group and each
+    level becomes ``rint(level / unit)``, so the rounding moves a level by at most
+    ``max|level| / (2^G − 2)``.
+
+    ``G = 7`` for codebooks of at most 4 index bits: the integer weights then fit
+    ``|w| <= 63`` and run on the int8 kernel's exact 7-bit paths (``vpmaddubsw`` on AVX2,
+    ``vpdpbusd`` with VNNI). 16 levels spread over ``±max`` are ~``max/7.5`` apart, so the
+    grid moves a level by at most 1/17 of that spacing (noise power +~1.5 % over the
+    codebook's own rounding). Wider codebooks keep ``G = 12`` (a 7-bit grid would merge their
+    levels) and run on the reference kernel."""
+    return SMALL_CODEBOOK_GRID_BITS if bits <= SMALL_CODEBOOK_BITS else WIDE_CODEBOOK_GRID_BITS
+
+
+def snap_codebook(levels, bits: int) -> np.ndarray:
+    """Codebook levels ``(G, k)`` rounded onto their group's integer grid
+    (:func:`codebook_grid_bits`): ``rint(level / unit) · unit`` with ``unit = max|level| /
+    (2^(G−1) − 1)``. Rounding is monotone, so sorted rows stay sorted (neighbours may merge).
+    The fitted and reconstructed codebooks are snapped, so the fake-quant weights *are* the
+    integer weights ``passes/fold_scales`` computes with (its rounding is then exact)."""
+    levels = np.asarray(levels, dtype=np.float64)
+    steps = (1 << (codebook_grid_bits(bits) - 1)) - 1
+    top = np.abs(levels).max(axis=-1, keepdims=True)
+    unit = np.where(top > 0, top / steps, 1.0)
+    return np.rint(levels / unit) * unit
 
 
 def _parse_kind(kind: QKind | str) -> QKind:
@@ -298,14 +334,19 @@ def _kmeans_1d(x: np.ndarray, gid: np.ndarray, n_groups: int, k: int,
 
 
 def _nearest_level(x: np.ndarray, gid: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Index of the nearest of each element's group levels (sorted ascending; ties go low)."""
+    """Index of the nearest of each element's group levels (sorted ascending; ties go low, and
+    of equal levels the first, so a level's value maps to one code whatever its rounding)."""
     mids = (levels[:, 1:] + levels[:, :-1]) / 2.0
     out = np.empty(x.shape, dtype=np.int64)
     step = max(1, _CHUNK // max(1, mids.shape[1]))
     for i in range(0, x.size, step):
         sl = slice(i, i + step)
         out[sl] = np.count_nonzero(x[sl, None] > mids[gid[sl]], axis=1)
-    return out
+    index = np.arange(levels.shape[1])
+    starts = np.concatenate([np.ones((levels.shape[0], 1), bool),
+                             levels[:, 1:] != levels[:, :-1]], axis=1)
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    return first[gid, out]
 
 
 # -- quantize / dequantize ---------------------------------------------------------------------

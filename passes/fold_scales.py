@@ -13,10 +13,11 @@ format, ``[qmin, qmax]`` its code range.
 * pow2 (``E = 2^(bits−1)`` exponents): ``w = ±2^(t − e)``, unit ``s·2^−t`` with ``t = E−1``
   (zero_free) or ``t = E−2`` (the smallest level reads 0, so ``w = 0`` there); refused when
   ``t > 30`` (pow2 wider than 6 bits does not fit int32 shift-add weights);
-* codebook: levels rounded onto a per-group grid of ``2^(G−1) − 1`` steps (``G`` =
-  :data:`CODEBOOK_GRID_BITS` = 12): unit ``max|level| / 2047``, ``w = rint(level / unit)``
-  (error ≤ unit / 2 per weight, the one place the integer weights are not the fake-quant
-  weights);
+* codebook: levels rounded onto a per-group grid of ``2^(G−1) − 1`` steps, ``G`` =
+  :func:`~lowbit.ir.qformats.codebook_grid_bits` (7 for codebooks of ≤ 4 index bits, so the
+  integer weights fit the int8 kernel; 12 for wider ones): unit ``max|level| / (2^(G−1) − 1)``,
+  ``w = rint(level / unit)`` (error ≤ unit / 2 per weight, the one place the integer weights
+  are not the fake-quant weights);
 * a group whose unit is 0 (binary ``α = 0``, zero-free pow2 ``s = 0``: all-zero weights) gets
   ``w = 0`` and the tensor's largest positive unit (any positive unit is exact for zeros).
 
@@ -117,12 +118,10 @@ from ..ir.attrs import (
 from ..ir.dtypes import FLOAT32, INT32, INT64, DType
 from ..ir.dyadic import fold_clamp, to_dyadic
 from ..ir.errors import QuantizationError
-from ..ir.qformats import dequantize, group_index, group_shape, quantize
+from ..ir.qformats import codebook_grid_bits, dequantize, group_index, group_shape, quantize
 from ..ir.qtype import Granularity, QKind, QType
 from .base import Pass, PassResult
 
-#: signed bits of the integer grid codebook levels are rounded onto
-CODEBOOK_GRID_BITS = 12
 #: most extra bits per-group rescaling keeps below the common channel unit
 GROUP_HEADROOM_BITS = 16
 #: most bits a layer with a bias shifts its dot product left to give the bias finer precision
@@ -193,7 +192,8 @@ def integer_weights(w: np.ndarray, qtype: QType) -> IntegerWeight:
         rows = qtype.codebook * (n if len(qtype.codebook) == 1 else 1)
         levels = np.asarray(rows, dtype=np.float64)
         real = levels[gid, codes]
-        unit = np.abs(levels).max(axis=1) / ((1 << (CODEBOOK_GRID_BITS - 1)) - 1)
+        steps = (1 << (codebook_grid_bits(qtype.bits) - 1)) - 1
+        unit = np.abs(levels).max(axis=1) / steps
         safe = np.where(unit > 0, unit, 1.0)
         values = np.rint(real / safe[gid]).astype(np.int64)
     else:  # pragma: no cover - QKind is closed

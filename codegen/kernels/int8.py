@@ -79,6 +79,7 @@ import numpy as np
 
 from ...ir.dtypes import DType
 from ...ir.errors import LoweringError
+from ...ir.qformats import codebook_grid_bits
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
@@ -1172,13 +1173,17 @@ def operand_bits(qtype: QType, role: str) -> int | None:
     int2..int8 (zero points 0), and every format whose *integer weight values* (what
     ``passes/fold_scales`` stores: binary ±1, ternary −1/0/1, pow2 ±2^s with s ≤ t) fit a
     signed byte — binary and ternary as int2, pow2 as int(t + 2) when t ≤ 6 (t = 2^(bits−1) − 1
-    zero-free, one less with a zero code). Activations: uniform 8-bit (or fewer) with one zero
-    point."""
+    zero-free, one less with a zero code), codebooks of <= 4 index bits as the signed width of
+    their integer level grid (:func:`~lowbit.ir.qformats.codebook_grid_bits`: 7 bits, one
+    byte per weight in memory). Activations: uniform 8-bit (or fewer) with one zero point."""
     if role == "weight" and qtype.kind in (QKind.BINARY, QKind.TERNARY):
         return 2
     if role == "weight" and qtype.kind == QKind.POW2:
         t = (1 << (qtype.bits - 1)) - (1 if qtype.zero_free else 2)
         return t + 2 if t + 2 <= 8 else None
+    if role == "weight" and qtype.kind == QKind.CODEBOOK:
+        grid = codebook_grid_bits(qtype.bits)
+        return grid if grid <= 8 else None
     if qtype.kind != QKind.UNIFORM or qtype.bits > 8:
         return None
     if role == "weight":

@@ -29,7 +29,7 @@ import dataclasses
 import numpy as np
 
 from ...ir.errors import QuantizationError
-from ...ir.qformats import group_index, group_params
+from ...ir.qformats import group_index, group_params, snap_codebook
 from ...ir.qtype import QKind, QType
 
 try:
@@ -49,11 +49,12 @@ def quant_params(qtype: QType, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def with_params(qtype: QType, params: torch.Tensor) -> QType:
-    """``qtype`` with its scales (or codebook levels, each row sorted ascending) set to
-    ``params``; every other field (kind, bits, granularity, zero points) is kept."""
+    """``qtype`` with its scales (or codebook levels, each row sorted ascending and snapped onto
+    its integer grid, :func:`~lowbit.ir.qformats.snap_codebook`) set to ``params``; every other
+    field (kind, bits, granularity, zero points) is kept."""
     arr = params.detach().to(torch.float64).cpu().numpy()
     if qtype.kind == QKind.CODEBOOK:
-        rows = np.sort(arr.reshape(arr.shape[0], -1), axis=1)
+        rows = snap_codebook(np.sort(arr.reshape(arr.shape[0], -1), axis=1), qtype.bits)
         return dataclasses.replace(
             qtype, codebook=tuple(tuple(float(v) for v in row) for row in rows))
     return dataclasses.replace(qtype, scale=tuple(float(v) for v in arr.ravel()))

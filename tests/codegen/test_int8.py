@@ -444,7 +444,8 @@ def test_registry_discovers_the_family():
     (_u(8, True), _u(8, zp=(1, 2)), False), (QType(QKind.BINARY, 1), _u(8), True),
     (QType(QKind.TERNARY, 2), _u(8), True), (QType(QKind.POW2, 4), _u(8), True),
     (QType(QKind.POW2, 4, zero_free=True), _u(8), False),  # ±2^7 does not fit a byte
-    (QType(QKind.POW2, 3, zero_free=True), _u(8), True), (QType(QKind.CODEBOOK, 4), _u(8), False),
+    (QType(QKind.POW2, 3, zero_free=True), _u(8), True), (QType(QKind.CODEBOOK, 4), _u(8), True),
+    (QType(QKind.CODEBOOK, 5), _u(8), False),  # 12-bit level grid: reference kernel
     (QType(QKind.BINARY, 1), QType(QKind.BINARY, 1), False),  # sign activations: bitserial
 ])
 def test_accepts(w, a, ok):
@@ -453,7 +454,8 @@ def test_accepts(w, a, ok):
 
 @pytest.mark.parametrize("kind,bits,zero_free,int_bits", [
     (QKind.BINARY, 1, False, 2), (QKind.TERNARY, 2, False, 2), (QKind.POW2, 4, False, 8),
-    (QKind.POW2, 3, False, 4), (QKind.POW2, 3, True, 5)])
+    (QKind.POW2, 3, False, 4), (QKind.POW2, 3, True, 5), (QKind.CODEBOOK, 4, False, 7),
+    (QKind.CODEBOOK, 2, False, 7)])
 def test_non_uniform_weights_fit_their_int_width(kind, bits, zero_free, int_bits):
     """The integer weight values fold_scales stores for the format fit int<int_bits>, the
     width the family computes them with."""

@@ -80,7 +80,7 @@ def _calib_batch() -> np.ndarray:
     return np.load(CALIB)["input"][:8].astype(np.float32)
 
 
-@pytest.mark.parametrize("quant", ["int8", "w4a8", "ternary", "w2a2", "w1a1"])
+@pytest.mark.parametrize("quant", ["int8", "w4a8", "ternary", "w2a2", "w1a1", "codebook4"])
 def test_quantized_cnn_bit_exact(quant):
     graph = _expose_intermediates(_quantized_cnn(quant))
     assert any(n.op == Op.QCONV for n in graph.nodes)
@@ -88,6 +88,20 @@ def test_quantized_cnn_bit_exact(quant):
     feeds = {"input": _calib_batch()}
     n_int = assert_matches(graph, run_tvm(ex, graph, feeds), lowbit.run_reference(graph, feeds))
     assert n_int >= 5  # quantize, 3 QConv, MaxPool, Requantize, QMatMul ... compared exactly
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-avx2", "cuda"])
+def test_codebook4_layers_take_the_int8_kernel(target):
+    """<= 4-bit codebook levels sit on a 7-bit integer grid (ir.qformats.codebook_grid_bits),
+    so the int8 family computes them (its exact 7-bit path on AVX2), not the reference kernel."""
+    from lowbit.codegen.select import select_kernels
+
+    graph = _quantized_cnn("codebook4").copy()
+    codebook = [n.name for n in graph.nodes if n.op == Op.QCONV
+                and n.inputs[1].qtype is not None and n.inputs[1].qtype.kind.value == "codebook"]
+    choices = select_kernels(graph, target, measure=False)
+    assert len(codebook) == 2
+    assert {choices[name].family for name in codebook} == {"int8"}
 
 
 def test_per_group_weights_bit_exact():

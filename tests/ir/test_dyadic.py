@@ -206,5 +206,8 @@ def test_accumulator_bound_low_bit_kinds():
     p0 = QType(QKind.POW2, 3)  # smallest level is zero -> integers up to 2^2
     assert accumulator_bound(10, p, a4) == 10 * 8 * 15
     assert accumulator_bound(10, p0, a4) == 10 * 4 * 15
-    with pytest.raises(QuantizationError, match="codebook"):
-        accumulator_bound(4, QType(QKind.CODEBOOK, 2, False), a4)
+    # codebook weights are integers on their level grid: 7 signed bits up to 4 index bits
+    assert accumulator_bound(4, QType(QKind.CODEBOOK, 2, False), a4) == 4 * 63 * 15
+    assert accumulator_bound(4, QType(QKind.CODEBOOK, 6, False), a4) == 4 * 2047 * 15
+    with pytest.raises(QuantizationError, match="codebook"):  # codes index levels: no operand
+        accumulator_bound(4, a4, QType(QKind.CODEBOOK, 2, False))

@@ -7,13 +7,15 @@ from lowbit.ir.qformats import (
     ACTIVATION_BITS,
     WEIGHT_BITS,
     activation_qtype,
+    codebook_grid_bits,
     dequantize,
     fit_weights,
     group_index,
     quantize,
+    snap_codebook,
     weight_bytes,
 )
-from lowbit.ir.qtype import Granularity, QKind
+from lowbit.ir.qtype import Granularity, QKind, QType
 
 PER_TENSOR = Granularity()
 PER_CHANNEL = Granularity(0)
@@ -235,11 +237,15 @@ def test_codebook_is_a_lloyd_fixed_point_and_beats_uniform():
     qt, codes = fit_weights(w, "codebook", 2, granularity=PER_CHANNEL)
     levels = np.asarray(qt.codebook)
     assert levels.shape == (4, 4) and np.all(np.diff(levels, axis=1) >= 0)
+    unit = np.abs(levels).max(axis=1) / (2 ** (codebook_grid_bits(2) - 1) - 1)
+    np.testing.assert_allclose(levels / unit[:, None], np.rint(levels / unit[:, None]),
+                               atol=1e-9)  # on the integer grid
     for ch in range(4):
         for k in range(4):
             members = w[ch][codes[ch] == k].astype(np.float64)
-            if members.size:
-                assert levels[ch, k] == pytest.approx(members.mean(), rel=1e-9)
+            if members.size:  # the Lloyd level (members' mean) snapped onto the grid, which
+                # may move a boundary member to the neighbour level: within one grid step
+                assert abs(levels[ch, k] - members.mean()) <= unit[ch]
     qt_u, codes_u = fit_weights(w, "uniform", 2, granularity=PER_CHANNEL)
     mse_cb = np.mean((dequantize(codes, qt) - w) ** 2)
     mse_u = np.mean((dequantize(codes_u, qt_u) - w) ** 2)
@@ -247,9 +253,29 @@ def test_codebook_is_a_lloyd_fixed_point_and_beats_uniform():
 
 
 def test_codebook_exact_with_few_distinct_values():
+    """Each distinct value gets its own level, exact up to the integer grid (snap_codebook)."""
     w = np.array([[0.3, -1.0, 0.3, 2.0, 2.0, -1.0], [5.0] * 6], np.float32)
     qt, codes = fit_weights(w, "codebook", 2, granularity=PER_CHANNEL)
+    np.testing.assert_array_equal(dequantize(codes, qt), snap_codebook(w, 2).astype(np.float32))
+    assert len(np.unique(codes[0])) == 3 and len(np.unique(codes[1])) == 1
+    w = np.array([[0.5, -1.0, 0.5, 2.0, 2.0, -1.0]], np.float32)  # on the 7-bit grid of 2/63
+    w = snap_codebook(w, 2).astype(np.float32)
+    qt, codes = fit_weights(w, "codebook", 2, granularity=PER_CHANNEL)
     np.testing.assert_array_equal(dequantize(codes, qt), w)
+
+
+def test_snap_codebook_grid_and_duplicates():
+    """Levels go onto ``max|level| / (2^(G-1) - 1)``: G = 7 up to 4 index bits, 12 above;
+    levels that merge map every value to the first of them."""
+    assert codebook_grid_bits(4) == 7 and codebook_grid_bits(5) == 12
+    levels = np.array([[-1.0, 0.001, 0.002, 0.3]])
+    snapped = snap_codebook(levels, 2)
+    np.testing.assert_array_equal(snapped[0, :3], [-1.0, 0.0, 0.0])
+    assert snapped[0, 3] == pytest.approx(19 / 63)
+    np.testing.assert_array_equal(snap_codebook(np.zeros((1, 4)), 2), 0.0)
+    qt = QType(QKind.CODEBOOK, 2, False, PER_CHANNEL, codebook=(tuple(snapped[0]),))
+    x = np.array([[0.0, np.nextafter(0.0, 1.0), 0.0004, -1.0, 0.3]])
+    np.testing.assert_array_equal(quantize(x, qt), [[1, 1, 1, 0, 3]])
 
 
 # -- activations -------------------------------------------------------------------------------

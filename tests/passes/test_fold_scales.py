@@ -280,7 +280,8 @@ def test_fake_quant_and_integer_simulations_agree(layer, weights, acts):
     """Within one output step: the mid codes agree exactly (layer 1 has no bias and exact float
     products, so only a tie at 2^-31 relative precision could differ), and layer 2 differs by
     its requant rounding (half up with a dyadic M vs half even in float64), the int32 bias
-    rounding (<= s_acc/2) and, for codebooks, the 12-bit level grid: together below one step."""
+    rounding (<= s_acc/2): together below one step. (Fitted codebooks are snapped onto the
+    integer level grid of fold_scales, so they add no rounding.)"""
     relu = not ACTIVATIONS[acts][1]  # signed mid formats see negative values
     g, feeds = two_layer(layer, WEIGHTS[weights], ACTIVATIONS[acts], relu=relu)
     folded = fold(g)
