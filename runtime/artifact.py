@@ -8,7 +8,7 @@ Layout (all integers little-endian; no pickle anywhere)::
     offset 20  payload length   u64      p
     offset 28  manifest         m bytes  UTF-8 JSON (see :class:`Artifact`)
     28 + m     payload          p bytes  the TVM shared library (``export_library`` output),
-                                         then the stored weights (format 2)
+                                         then the stored weights (format >= 2)
     28 + m + p checksum         32 bytes SHA-256 of every byte before it
 
 so a well-formed file is exactly ``28 + m + p + 32`` bytes long. The magic's high byte and CR LF /
@@ -17,7 +17,9 @@ list the parts of the payload in order with their lengths: the library, and (for
 ``weights`` section, the kernels' integer weight arrays that the library takes as trailing
 parameters of ``entry``, each stored at its information content (4-bit weights in an int8
 kernel layout: 4 bits on disk; :mod:`lowbit.runtime.weights`) and described in the manifest's
-``weights`` list. Format 1 files (no weights section) still load.
+``weights`` list. Format 3 (this lowbit) slices a per-channel palette over a set of axes
+(``axes``), format 2 over one (``axis``); format 2 files and format 1 files (no weights
+section) still load.
 
 :func:`load_artifact` checks, in this order and before anything touches native code: size and
 magic (empty, foreign or truncated header), format version (a newer lowbit wrote it), declared
@@ -49,7 +51,7 @@ from ..ir.errors import ArtifactError, LoweringError
 from .weights import StoredTensor, decode, encode_all
 
 MAGIC = b"\x89LBX\r\n\x1a\n"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _HEADER = struct.Struct("<8sIQQ")  # magic, format version, manifest length, payload length
 HEADER_SIZE = _HEADER.size  # 28
 CHECKSUM_SIZE = 32
@@ -281,7 +283,8 @@ class Artifact:
                      f"disk, {self.weight_memory_bytes:,} B in memory")
         for entry in entries:
             how = {"raw": "raw", "palette": f"palette, {entry.bits}-bit indices",
-                   "sliced": f"palette per slice of axis {entry.axis}, {entry.bits}-bit indices"
+                   "sliced": f"palette per slice of axes {list(entry.axes)}, {entry.bits}-bit "
+                             f"indices"
                    }[entry.encoding]
             memory = entry.numel * np.dtype(entry.dtype).itemsize
             lines.append(f"  {entry.name}  {entry.dtype}[{','.join(map(str, entry.shape))}]  "

@@ -13,17 +13,23 @@ makes them trailing parameters of ``main``); the artifact stores each one as
   holds bits ``j*b .. j*b + b - 1`` of the little-endian bit stream). Decoded: ``x = v[i]``.
   An int4 weight in an int8 layout stores 4 bits, a ternary one 2 (``{-1, 0, +1}``), a codebook
   one its index width, the padding of the layout (zeros) included in the palette;
-* ``sliced``, a palette per slice along one ``axis`` (per output channel): codebook weights
+* ``sliced``, a palette per slice over a set of ``axes`` (per output channel): codebook weights
   have one codebook per channel, so the tensor holds up to ``16 * channels`` distinct levels
-  but each channel only 16. The bytes are the table ``(R, 2^b)`` (``R`` slices, each row its
-  ascending values padded by repeating the last, little-endian elements of the array's dtype)
-  then the indices of the array with ``axis`` moved first (row-major), packed as above.
-  Decoded: ``x[.., r, ..] = table[r, i]``;
+  but each channel only 16. In the int8 kernel's layout ``(NO, KB, NB, 16, 4)`` a channel is
+  the slice over axes ``(0, 2, 3)``. The bytes are the table ``(R, 2^b)`` (``R`` = the product
+  of those axes' extents, slices in row-major order of them; each row its ascending values
+  padded by repeating the last, little-endian elements of the array's dtype) then the indices
+  of the array with ``axes`` moved first (row-major), packed as above. Decoded:
+  ``x[.., r, ..] = table[r, i]``. (Format 2 files name one ``axis``; format 3 ``axes``.)
 * ``raw``: the array's little-endian bytes (anything else: bit planes, int32 offsets, or where
   no palette would be smaller).
 
-The encoder takes the smallest of these (the sliced palette tried along the first and the last
-axis, where layouts keep output channels).
+The encoder takes the smallest of these. For 1-byte elements it tries the sliced palette over
+every set of axes (at most 63 sets), so it finds the channels of any layout; for 2-byte
+elements along the first and the last axis, where layouts keep output channels. A set is
+skipped when its first slice's distinct values already bound its size above the best so far;
+the others are costed with one ``bincount`` of ``(slice, value)`` pairs, and only the smallest
+is built.
 
 :func:`decode` runs at load time (numpy only: no TVM, nothing native), before the first call.
 """
@@ -50,8 +56,8 @@ CHUNK = 1 << 20
 class StoredTensor:
     """One stored weight: its ``name`` (the ``main`` parameter), ``shape`` and numpy ``dtype``
     name; ``encoding`` (:data:`ENCODINGS`) with ``bits`` per index, the palette ``values``
-    (``palette``) or the slicing ``axis`` (``sliced``); ``offset`` and ``length`` of its bytes
-    in the artifact's weight section."""
+    (``palette``) or the slicing ``axes`` (``sliced``, ascending); ``offset`` and ``length``
+    of its bytes in the artifact's weight section."""
 
     name: str
     shape: tuple[int, ...]
@@ -61,18 +67,23 @@ class StoredTensor:
     length: int
     bits: int = 0
     values: tuple[int, ...] = ()
-    axis: int = 0
+    axes: tuple[int, ...] = (0,)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
     @property
+    def slices(self) -> int:
+        """``R``: slices of a ``sliced`` entry (the product of its axes' extents)."""
+        return math.prod(self.shape[a] for a in self.axes)
+
+    @property
     def table_bytes(self) -> int:
         """Bytes of a ``sliced`` entry's per-slice value table (0 otherwise)."""
         if self.encoding != "sliced":
             return 0
-        return self.shape[self.axis] * (1 << self.bits) * np.dtype(self.dtype).itemsize
+        return self.slices * (1 << self.bits) * np.dtype(self.dtype).itemsize
 
     def expected_length(self) -> int:
         """Bytes the encoding takes for ``shape`` (what a well-formed file holds)."""
@@ -86,20 +97,21 @@ class StoredTensor:
         if self.encoding == "palette":
             out.update(bits=self.bits, values=list(self.values))
         elif self.encoding == "sliced":
-            out.update(bits=self.bits, axis=self.axis)
+            out.update(bits=self.bits, axes=list(self.axes))
         return out
 
     @staticmethod
     def from_json(obj, section_length: int) -> StoredTensor:
         """Parse and check a manifest entry against a weight section of ``section_length``
         bytes; TypeError / ValueError on anything malformed (the caller words the error)."""
-        ints = (obj["offset"], obj["length"], *obj["shape"], obj.get("bits", 0),
-                obj.get("axis", 0), *obj.get("values", ()))
+        axes = obj["axes"] if "axes" in obj else [obj.get("axis", 0)]  # format 3 / format 2
+        ints = (obj["offset"], obj["length"], *obj["shape"], obj.get("bits", 0), *axes,
+                *obj.get("values", ()))
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise TypeError(f"stored weight {obj['name']!r}: non-integer field")
         entry = StoredTensor(str(obj["name"]), tuple(obj["shape"]), str(obj["dtype"]),
                              str(obj["encoding"]), obj["offset"], obj["length"],
-                             obj.get("bits", 0), tuple(obj.get("values", ())), obj.get("axis", 0))
+                             obj.get("bits", 0), tuple(obj.get("values", ())), tuple(axes))
         dtype = np.dtype(entry.dtype)
         if dtype.kind not in "iu" or entry.encoding not in ENCODINGS or min(entry.shape,
                                                                              default=0) < 0:
@@ -110,8 +122,10 @@ class StoredTensor:
         if entry.encoding == "palette" and not 1 <= len(entry.values) <= 1 << entry.bits:
             raise ValueError(f"stored weight {entry.name!r}: palette of {len(entry.values)} "
                              f"values does not fit {entry.bits} bits")
-        if entry.encoding == "sliced" and not 0 <= entry.axis < len(entry.shape):
-            raise ValueError(f"stored weight {entry.name!r}: axis {entry.axis} of a "
+        if entry.encoding == "sliced" and not (
+                entry.axes and list(entry.axes) == sorted(set(entry.axes))
+                and 0 <= entry.axes[0] and entry.axes[-1] < len(entry.shape)):
+            raise ValueError(f"stored weight {entry.name!r}: axes {list(entry.axes)} of a "
                              f"{len(entry.shape)}-d array")
         if (entry.length != entry.expected_length() or entry.offset < 0
                 or entry.offset + entry.length > section_length):
@@ -174,9 +188,37 @@ def _palette(array: np.ndarray) -> tuple[np.ndarray, int]:
     return values, _bits_for(len(values))
 
 
-def _sliced(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(table (R, 2^b), indices (R, n / R), b)``: a palette per slice along ``axis``."""
-    rows = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+def _rows(array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """``array`` with ``axes`` moved first, as ``(R, n / R)`` (R = their extents' product)."""
+    moved = np.moveaxis(array, axes, range(len(axes)))
+    return moved.reshape(math.prod(array.shape[a] for a in axes), -1)
+
+
+def _slice_bits(array: np.ndarray, axes: tuple[int, ...]) -> int:
+    """Index bits of the palette per slice over ``axes`` of a 1-byte ``array``: the most
+    distinct values of any slice, counted with one bincount of ``slice * 256 + byte``."""
+    rows = _rows(array, axes)
+    keys = rows.view(np.uint8).astype(np.int64) + (np.arange(len(rows)) << 8)[:, None]
+    present = np.bincount(keys.reshape(-1), minlength=len(rows) << 8).reshape(len(rows), 256)
+    return _bits_for(int(np.count_nonzero(present, axis=1).max()))
+
+
+def _axis_sets(array: np.ndarray) -> list[tuple[int, ...]]:
+    """The slicings :func:`encode` tries (module docstring): every nonempty proper set of axes
+    for 1-byte elements, else the first and the last axis."""
+    import itertools
+
+    nd = array.ndim
+    if nd < 2:
+        return []
+    if array.dtype.itemsize == 1:
+        return [c for r in range(1, nd) for c in itertools.combinations(range(nd), r)]
+    return sorted({(0,), (nd - 1,)})
+
+
+def _sliced(array: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(table (R, 2^b), indices (R, n / R), b)``: a palette per slice over ``axes``."""
+    rows = _rows(array, axes)
     uniques = [np.unique(row) for row in rows]
     bits = _bits_for(max(len(u) for u in uniques))
     table = np.empty((len(rows), 1 << bits), array.dtype)
@@ -208,16 +250,28 @@ def encode(name: str, array: np.ndarray, offset: int) -> tuple[StoredTensor, byt
         if entry.length < best[0].length:
             best = (entry, lambda b=bits: pack_indices(np.searchsorted(values, arr.reshape(-1)),
                                                        b))
-    for axis in sorted({0, arr.ndim - 1}) if arr.ndim > 1 else ():
-        table, index, bits = _sliced(arr, axis)
+    sliced = None
+    for axes in _axis_sets(arr):
+        # the first slice's distinct values bound the index bits from below: skip a slicing
+        # whose table and indices at that bound are no smaller than the best so far
+        first = np.moveaxis(arr, axes, range(len(axes)))[(0,) * len(axes)]
+        low = _bits_for(len(np.unique(first)))
+        rows = math.prod(arr.shape[a] for a in axes)
+        bound = rows * (1 << low) * arr.dtype.itemsize + -(-arr.size * low // 8)
+        if low >= width or bound >= min(best[0].length, sliced.length if sliced else math.inf):
+            continue
+        bits = _slice_bits(arr, axes) if arr.dtype.itemsize == 1 else _sliced(arr, axes)[2]
         if bits >= width:
             continue
         entry = StoredTensor(name, arr.shape, arr.dtype.name, "sliced", offset, 0, bits,
-                             axis=axis)
+                             axes=axes)
         entry = replace(entry, length=entry.expected_length())
-        if entry.length < best[0].length:
-            best = (entry, lambda t=table, i=index, b=bits:
-                    t.astype(little, copy=False).tobytes() + pack_indices(i, b))
+        if entry.length < best[0].length and (sliced is None or entry.length < sliced.length):
+            sliced = entry
+    if sliced is not None and sliced.length < best[0].length:
+        table, index, _ = _sliced(arr, sliced.axes)
+        best = (sliced, lambda: table.astype(little, copy=False).tobytes()
+                + pack_indices(index, sliced.bits))
     entry, data = best[0], best[1]()
     assert len(data) == entry.length, (entry, len(data))
     return entry, data
@@ -236,13 +290,14 @@ def decode(entry: StoredTensor, section) -> np.ndarray:
             raise ArtifactError(f"stored weight {entry.name!r}: index {int(index.max())} past "
                                 f"its {len(entry.values)}-value palette; recompile the model")
         return np.asarray(entry.values, dtype)[index].reshape(entry.shape)
-    rows = entry.shape[entry.axis]
+    rows, axes = entry.slices, entry.axes
     table = np.frombuffer(data[:entry.table_bytes], dtype.newbyteorder("<")).astype(dtype)
     table = table.reshape(rows, 1 << entry.bits)
     index = unpack_indices(data[entry.table_bytes:], entry.numel, entry.bits)
     values = table[np.arange(rows)[:, None], index.reshape(rows, -1)]  # b bits: never past
-    moved = (entry.shape[entry.axis], *entry.shape[:entry.axis], *entry.shape[entry.axis + 1:])
-    return np.moveaxis(values.reshape(moved), 0, entry.axis)
+    rest = [d for a, d in enumerate(entry.shape) if a not in axes]
+    moved = values.reshape([entry.shape[a] for a in axes] + rest)
+    return np.moveaxis(moved, range(len(axes)), axes)
 
 
 def encode_all(arrays) -> tuple[tuple[StoredTensor, ...], bytes]:

@@ -78,12 +78,42 @@ def test_per_channel_codebooks_store_a_palette_per_slice(shape, axis):
     array = np.moveaxis(levels.reshape(channels, *rest), 0, axis).astype(np.int16)
     assert len(np.unique(array)) > 256
     entry, data = encode("w", array, 0)
-    assert (entry.encoding, entry.axis, entry.bits) == ("sliced", axis, 4)
+    assert (entry.encoding, entry.axes, entry.bits) == ("sliced", (axis,), 4)
     assert len(data) == entry.length == channels * 16 * 2 + array.size // 2
     out = decode(entry, data)
     assert out.dtype == np.int16
     np.testing.assert_array_equal(out, array)
     assert StoredTensor.from_json(entry.to_json(), len(data)) == entry
+
+
+def test_per_channel_codebooks_in_the_int8_layout_slice_over_the_channel_axes():
+    """The int8 kernel's layout (NO, KB, NB, 16, 4) puts channel (o*NB + t)*16 + l at axes
+    (0, 2, 3): 16 levels per channel on the 7-bit grid store 4-bit indices and a (96, 16)
+    table, where one palette over the whole tensor would need 7 bits."""
+    rng = np.random.default_rng(4)
+    NO, KB, NB, K = 2, 18, 3, 72
+    channels = NO * NB * 16
+    books = np.stack([np.sort(rng.choice(np.arange(-63, 64), 16, replace=False))
+                      for _ in range(channels)])
+    w = books[np.arange(channels)[:, None], rng.integers(0, 16, (channels, K))]  # (N, K)
+    packed = w.reshape(NO, NB, 16, KB, 4).transpose(0, 3, 1, 2, 4).astype(np.int8)
+    assert len(np.unique(packed)) > 64
+    entry, data = encode("w", np.ascontiguousarray(packed), 0)
+    assert (entry.encoding, entry.axes, entry.bits) == ("sliced", (0, 2, 3), 4)
+    assert len(data) == entry.length == channels * 16 + packed.size // 2
+    np.testing.assert_array_equal(decode(entry, data), packed)
+    parsed = StoredTensor.from_json(entry.to_json(), len(data))
+    assert parsed == entry and entry.to_json()["axes"] == [0, 2, 3]
+
+
+def test_format_2_entries_name_one_axis():
+    """Files written by format 2 say ``"axis": a``; they still parse (as ``axes = (a,)``)."""
+    array = np.repeat(np.arange(0, 64, 4)[None] * np.arange(1, 41)[:, None], 10,
+                      axis=1).astype(np.int16)  # 40 channels x 16 levels each, 277 distinct
+    entry, data = encode("w", array, 0)
+    assert (entry.encoding, entry.axes) == ("sliced", (0,))
+    old = {k: v for k, v in entry.to_json().items() if k != "axes"} | {"axis": 0}
+    assert StoredTensor.from_json(old, len(data)) == entry
 
 
 def test_sections_lay_weights_end_to_end_and_entries_round_trip_through_json():
@@ -105,7 +135,9 @@ def test_sections_lay_weights_end_to_end_and_entries_round_trip_through_json():
     ({"bits": 1}, "does not fit 1 bits"),
     ({"bits": 8}, "8-bit indices for int8 elements"),
     ({"bits": 0}, "0-bit indices"),
-    ({"encoding": "sliced", "axis": 2}, "axis 2 of a 2-d array"),
+    ({"encoding": "sliced", "axis": 2}, r"axes \[2\] of a 2-d array"),
+    ({"encoding": "sliced", "axes": [1, 0]}, r"axes \[1, 0\] of a 2-d array"),
+    ({"encoding": "sliced", "axes": []}, r"axes \[\] of a 2-d array"),
     ({"encoding": "zstd"}, "bad dtype / encoding"),
     ({"dtype": "float32"}, "bad dtype / encoding"),
     ({"values": [1.5, 2]}, "non-integer"),
