@@ -12,10 +12,35 @@ unreadable file is an empty cache. The folder is :func:`cache_folder`.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+#: the packages whose sources define quantized numerics (formats, calibration, reconstruction,
+#: folding, the sensitivity measurement): :func:`numerics_revision` digests them
+NUMERICS_PACKAGES = ("ir", "passes")
+#: the folder holding lowbit's packages
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def numerics_revision() -> str:
+    """16 hex digits: ``sha256(path + text of every .py file under`` :data:`NUMERICS_PACKAGES`
+    ``, in sorted path order)[:16]``. Cached sensitivities (and the plans' kernel costs, which
+    time the graphs those passes produce) are keyed by it, so an edit to a format, the
+    calibration or the reconstruction is measured again rather than read back stale -- the
+    package version does not change with each edit (codegen has its own
+    :func:`lowbit.codegen.revision.revision`)."""
+    digest = hashlib.sha256()
+    for package in NUMERICS_PACKAGES:
+        for path in sorted((SOURCE_ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(SOURCE_ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_folder() -> Path:

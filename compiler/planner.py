@@ -158,11 +158,11 @@ class Planner:
         from .. import __version__
         from ..codegen.revision import revision
         from ..passes.analysis.sensitivity import _digest_calib, _digest_graph
-        from .disk_cache import cache_folder
+        from .disk_cache import cache_folder, numerics_revision
 
         h = hashlib.sha256()
-        # the codegen revision: an edited kernel invalidates its measured costs
-        for part in (__version__, revision(), self.target.name, repr(dict(self.target.tvm_items)),
+        # the codegen and numerics revisions: an edited kernel or pass invalidates the costs
+        for part in (__version__, revision(), numerics_revision(), self.target.name, repr(dict(self.target.tvm_items)),
                      _digest_graph(self.graph), _digest_calib(self.calib),
                      repr(self.candidates), str(self.measure)):
             h.update(part.encode())

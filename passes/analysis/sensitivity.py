@@ -452,10 +452,11 @@ def _disk_cache(cache_dir):
 
 def _disk_key(key: tuple) -> str:
     from ... import __version__
+    from ...compiler.disk_cache import numerics_revision
 
     model, layer, numerics, metric, calib, iters = key
-    return (f"lowbit={__version__}|model={model}|calib={calib}|{layer}|{numerics!r}|"
-            f"metric={metric}|ptq={iters}")
+    return (f"lowbit={__version__}|src={numerics_revision()}|model={model}|calib={calib}|"
+            f"{layer}|{numerics!r}|metric={metric}|ptq={iters}")
 
 
 def _disk_get(disk, key: tuple) -> tuple[float, int] | None:
