@@ -513,12 +513,15 @@ def weight_bytes(codes, qtype: QType) -> int:
     """Bytes of a weight packed at ``qtype.bits`` per element plus its parameters.
 
     ``ceil(n * bits / 8)`` for the codes + 4 bytes (float32) per scale + 4 per zero point (only
-    when some zero point is nonzero; symmetric formats store none) + 4 per codebook level.
+    when some zero point is nonzero; symmetric formats store none) + per codebook its levels
+    as integers of its grid (:func:`codebook_grid_bits`, ``ceil(k * G / 8)`` bytes: 14 for 16
+    levels of 7 bits) and 4 for the grid's float unit.
     """
     n = int(np.asarray(codes).size)
     total = -(-n * qtype.bits // 8)
     total += 4 * len(qtype.scale)
     if any(qtype.zero_point):
         total += 4 * len(qtype.zero_point)
-    total += 4 * sum(len(levels) for levels in qtype.codebook)
+    grid = codebook_grid_bits(qtype.bits)
+    total += sum(-(-len(levels) * grid // 8) + 4 for levels in qtype.codebook)
     return total

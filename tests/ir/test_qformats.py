@@ -322,7 +322,10 @@ def test_weight_bytes_counts_zero_points_and_codebooks():
     qt, codes = fit_weights(w, "uniform", 3, granularity=PER_CHANNEL, symmetric=False)
     assert weight_bytes(codes, qt) == 4 + 2 * 4 + 2 * 4  # ceil(30 / 8) + scales + zps
     qt, codes = fit_weights(w, "codebook", 2, granularity=PER_CHANNEL)
-    assert weight_bytes(codes, qt) == 3 + 2 * 4 * 4
+    # per channel: 4 levels as 7-bit grid integers (ceil(28 / 8) = 4 B) + the grid unit (4 B)
+    assert weight_bytes(codes, qt) == 3 + 2 * (4 + 4)
+    qt, codes = fit_weights(_weights((2, 40)), "codebook", 5, granularity=PER_CHANNEL)
+    assert weight_bytes(codes, qt) == 80 * 5 // 8 + 2 * (32 * 12 // 8 + 4)  # 12-bit grid
 
 
 def test_fit_errors():
