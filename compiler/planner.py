@@ -72,8 +72,8 @@ class Planner:
     :class:`~lowbit.passes.analysis.Candidate` set (default
     :data:`~lowbit.passes.analysis.DEFAULT_CANDIDATES`, its uniform 8-bit weights at 7 bits on
     a target that reduces the range, like the int8 preset there); ``metric``: ``"sqnr"`` |
-    ``"kl"`` | a callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the latency and
-    sensitivity caches (default ``$XDG_CACHE_HOME/lowbit``; ``sensitivity_cache=False`` keeps
+    ``"kl"`` | a callable ``(float_out, quant_out) -> float``; ``cache_dir``: folder of the
+    latency and sensitivity caches (default ``$XDG_CACHE_HOME/lowbit``; ``sensitivity_cache=False`` keeps
     sensitivities in memory only); ``measure=False`` skips timing (no latency budgets);
     ``jobs``: worker processes for sensitivity, quantizing and compiling (None:
     :func:`~lowbit.compiler.parallel.default_jobs`; 1: none), timings always run here."""
@@ -162,7 +162,8 @@ class Planner:
 
         h = hashlib.sha256()
         # the codegen and numerics revisions: an edited kernel or pass invalidates the costs
-        for part in (__version__, revision(), numerics_revision(), self.target.name, repr(dict(self.target.tvm_items)),
+        for part in (__version__, revision(), numerics_revision(), self.target.name,
+                     repr(dict(self.target.tvm_items)),
                      _digest_graph(self.graph), _digest_calib(self.calib),
                      repr(self.candidates), str(self.measure)):
             h.update(part.encode())

@@ -16,8 +16,10 @@ format, ``[qmin, qmax]`` its code range.
 * codebook: levels rounded onto a per-group grid of ``2^(G−1) − 1`` steps, ``G`` =
   :func:`~lowbit.ir.qformats.codebook_grid_bits` (7 for codebooks of ≤ 4 index bits, so the
   integer weights fit the int8 kernel; 12 for wider ones): unit ``max|level| / (2^(G−1) − 1)``,
-  ``w = rint(level / unit)`` (error ≤ unit / 2 per weight, the one place the integer weights
-  are not the fake-quant weights);
+  ``w = rint(level / unit)``. Exact for codebooks that ``fit_weights`` or the reconstruction
+  made (their levels are snapped onto this grid, :func:`~lowbit.ir.qformats.snap_codebook`);
+  a codebook given by hand moves by ≤ unit / 2 per weight, the one place the integer weights
+  can differ from the fake-quant weights;
 * a group whose unit is 0 (binary ``α = 0``, zero-free pow2 ``s = 0``: all-zero weights) gets
   ``w = 0`` and the tensor's largest positive unit (any positive unit is exact for zeros).
 
