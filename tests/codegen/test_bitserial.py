@@ -129,6 +129,16 @@ def test_arm64_object_code_uses_cnt():
     assert "\tcnt\tv" in asm and "\teor\t" in asm  # NEON byte popcount of the XOR
 
 
+def test_avx512_popcounts_accumulate_without_narrowing():
+    """x86-avx512 (built on any host): ``vpopcntq`` on the XOR, summed in 64-bit lanes. int32
+    lanes put a ``vpmovqd`` next to each popcount, both on Intel's port 5 (41 -> 36 us on the
+    1x4096x4096 layer)."""
+    spec = bs.BitserialSpec(1, 4096, 64, "bipolar", 1, "bipolar", 1, OUT)
+    asm = bs.build(spec, resolve_target("x86-avx512")).lib.mod.inspect_source("asm")
+    assert "vpopcntq\t%zmm" in asm and "vpaddq\t%zmm" in asm
+    assert "vpmovqd" not in asm
+
+
 def test_cuda_source_uses_popc():
     spec = bs.BitserialSpec(3, 100, 20, "int", 3, "uint", 2, OUT)
     kernel = bs.build(spec, resolve_target("cuda:sm_90"))
