@@ -18,7 +18,11 @@ The output is the *fake-quant graph* of the quantization contract (``docs/quanti
   ``Relu`` / ``Clip``, or a scale-preserving op (MaxPool, Reshape, Flatten, Transpose, Squeeze,
   Unsqueeze, Slice, Split, Pad, Identity). A residual output that is a graph output is left
   alone (it leaves the integer region anyway). A layer reading a residual output reads that
-  8-bit FakeQuant (no second activation FakeQuant on the same value).
+  8-bit FakeQuant (no second activation FakeQuant on the same value);
+* a residual ``Add`` input on an integer path that other ops also read (the skip's source:
+  a ResNet stem's ``Relu -> MaxPool`` feeding the first block and its shortcut) gets the same
+  8-bit FakeQuant, unless it is an activation FakeQuant's output already: the skip then
+  carries 8-bit codes, not int32 accumulators.
 
 Which format each layer gets: ``recipe.spec_for(node.name, node.op, is_first, is_last)`` where
 first / last are the first and last quantized-layer candidates in graph order (so the
@@ -167,7 +171,7 @@ class InsertFakeQuant(Pass):
         if not plan:
             return PassResult(graph, False)
         # Residual FakeQuants first, so a layer reading a residual output reuses its FakeQuant.
-        self._residuals(graph, {id(node) for node, _ in plan})
+        self._residuals(graph, {id(node): spec for node, spec in plan})
         shared: dict[tuple, Value] = {}
         for node, spec in plan:
             self._wrap(graph, node, spec, shared)
@@ -201,8 +205,9 @@ class InsertFakeQuant(Pass):
         node.set_input(0, shared[key])
 
     # -- residual Add / Concat ----------------------------------------------------------------
-    def _residuals(self, graph: Graph, layers: set[int]) -> None:
-        """``layers``: ids of the nodes about to be quantized (their outputs are integer)."""
+    def _residuals(self, graph: Graph, layers: dict[int, LayerSpec]) -> None:
+        """``layers``: ids of the nodes about to be quantized (their outputs are integer) ->
+        their specs."""
         integer: set[int] = set()
         outputs = {id(v) for v in graph.outputs}
         for node in list(graph.nodes):
@@ -214,6 +219,9 @@ class InsertFakeQuant(Pass):
                 integer.update(id(v) for v in node.outputs)
             elif node.op in (Op.ADD, Op.CONCAT) and len(data) >= 2 \
                     and all(id(v) in integer for v in data):
+                if node.op == Op.ADD:
+                    for v in data:
+                        self._skip_source(graph, v, outputs, integer, layers)
                 out = node.output
                 if id(out) in outputs:
                     continue
@@ -230,8 +238,38 @@ class InsertFakeQuant(Pass):
                     user.set_input(i, fq.output)
                 integer.add(id(fq.output))
 
+    @staticmethod
+    def _skip_source(graph: Graph, v: Value, outputs: set[int], integer: set[int],
+                     layers: dict[int, LayerSpec]) -> None:
+        """An 8-bit activation FakeQuant on a residual Add input that other ops read too (the
+        skip connection's source, e.g. a ResNet stem's Relu -> MaxPool), unless it already is
+        one's output: the producing layer then requantizes straight to 8-bit codes (Relu
+        folded, MaxPool on codes), and the skip and its other readers move 1 byte per element
+        instead of a 4-byte accumulator. Not when a quantized layer reading ``v`` wants other
+        activations than 8-bit uniform (it would read the 8-bit codes instead of its own)."""
+        if len(v.users) < 2 or id(v) in outputs or _is_fake_quant(v.producer) \
+                or v.producer is None:
+            return
+        if any(id(user) in layers and i == 0 and not _is_a8(layers[id(user)].activations)
+               for user, i in v.users):
+            return
+        users = list(v.users)
+        qtype = QType(QKind.UNIFORM, RESIDUAL_BITS, True)
+        fq = graph.add_node(Op.FAKE_QUANT, [v], FakeQuantAttrs(qtype, "activation"),
+                            name=f"{v.producer.name}/skip_fq",
+                            index=graph.nodes.index(v.producer) + 1)
+        fq.meta["signed_auto"] = 1
+        for user, i in users:
+            user.set_input(i, fq.output)
+        integer.add(id(fq.output))
 
-def _is_integer_source(node: Node, layers: set[int], data: list[Value], integer: set[int]) -> bool:
+
+def _is_a8(act) -> bool:
+    """8-bit uniform activations of any signedness (what a residual FakeQuant holds)."""
+    return act.format == "uniform" and act.bits == RESIDUAL_BITS
+
+
+def _is_integer_source(node: Node, layers: dict[int, LayerSpec], data: list[Value], integer: set[int]) -> bool:
     """An activation FakeQuant, a (to be) quantized layer, or the bias Add after one."""
     if _is_fake_quant(node):
         return node.attrs.role == "activation"

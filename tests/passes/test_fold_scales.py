@@ -578,3 +578,39 @@ def test_constant_fold_keeps_weight_fake_quants():
     for pass_ in (ConstantFold(), ConstantFold(skip_ops=frozenset())):
         assert pass_(g, check=True).changed is False
         assert sum(n.op == Op.FAKE_QUANT for n in g.nodes) == 3
+
+
+def test_shared_skip_source_requantizes_to_8bit_codes_at_its_layer():
+    """A stem conv -> Relu -> MaxPool read by a float op and a residual Add (the binarized
+    ResNet's stem): insert_fake_quant puts an 8-bit FakeQuant on the pooled value, so the stem
+    requantizes straight to unsigned 8-bit codes (Relu folded), MaxPool runs on them and the
+    QAdd reads them: no int32 accumulator tensor between the stem and the first block."""
+    import lowbit
+
+    rng = np.random.default_rng(3)
+    g = Graph("stem")
+    x = g.add_input("x", FLOAT32, (1, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    stem = g.make(Op.CONV, x, g.add_const(w, "ws"), attrs=conv_attrs(), name="stem")
+    pooled = g.make(Op.MAXPOOL, g.make(Op.RELU, stem, name="relu"),
+                    attrs=PoolAttrs((2, 2), (2, 2), (0,) * 4, (1, 1)), name="pool")
+    gate = g.make(Op.SIGMOID, pooled, name="gate")
+    w2 = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    block = g.make(Op.CONV, gate, g.add_const(w2, "wb"), attrs=conv_attrs(), name="block")
+    s = g.make(Op.ADD, block, pooled, name="res")
+    w3 = rng.standard_normal((2, 4, 1, 1)).astype(np.float32)
+    g.outputs = [g.make(Op.CONV, s, g.add_const(w3, "wl"), attrs=conv_attrs(0), name="last")]
+    feeds = {"x": grid_input((4, 3, 8, 8))}
+    q = lowbit.quantize(g, quant="int8", calib=feeds)
+    qconv = next(n for n in q.nodes if n.op == Op.QCONV)
+    out = qconv.output.qtype
+    assert (out.bits, out.signed, out.granularity.axis) == (8, False, None)
+    rq = qconv.attrs.requant
+    assert len(rq.multiplier) and (rq.lo, rq.hi) == (out.zero_point[0], 255)  # Relu folded
+    pool = next(n for n in q.nodes if n.op == Op.MAXPOOL)
+    assert pool.inputs[0] is qconv.output and pool.output.qtype.bits == 8
+    qadd = next(n for n in q.nodes if n.op == Op.QADD)
+    assert pool.output in qadd.inputs
+    got = run_reference(q, {"x": feeds["x"][:1]})[q.outputs[0].name]
+    want = run_reference(g, {"x": feeds["x"][:1]})[g.outputs[0].name]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

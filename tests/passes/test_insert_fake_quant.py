@@ -193,3 +193,41 @@ def test_residual_add_of_integer_paths_gets_output_fake_quant():
     assert g.node_by_name("cc").inputs[0] is fq.output  # the layer reads the residual FQ
     assert g.node_by_name("res2").inputs[1] is fq.output
     assert not any(n.name == "res2/output_fq" for n in g.nodes)
+
+
+def skip_graph():
+    """stem conv -> relu -> maxpool, read by a middle conv and by the residual Add."""
+    g = Graph("t")
+    x = g.add_input("x", FLOAT32, (1, 3, 6, 6))
+    stem = g.make(Op.CONV, x, const(g, "ws", 4, 3, 1, 1), attrs=CONV1x1, name="stem")
+    pooled = g.make(Op.MAXPOOL, g.make(Op.RELU, stem, name="relu"),
+                    attrs=A.PoolAttrs((2, 2), (2, 2), (0,) * 4, (1, 1)), name="pool")
+    mid = g.make(Op.CONV, g.make(Op.SIGMOID, pooled, name="gate"), const(g, "wm", 4, 4, 1, 1),
+                 attrs=CONV1x1, name="mid")
+    mid2 = g.make(Op.CONV, pooled, const(g, "wm2", 4, 4, 1, 1), attrs=CONV1x1, name="mid2")
+    s = g.make(Op.ADD, pooled, g.make(Op.ADD, mid, mid2, name="branch"), name="res")
+    g.outputs = [g.make(Op.CONV, s, const(g, "wl", 2, 4, 1, 1), attrs=CONV1x1, name="last")]
+    return g
+
+
+def test_shared_skip_source_gets_an_8bit_fake_quant():
+    """The stem's pooled output feeds a float op, a layer and the residual Add: one 8-bit
+    FakeQuant on it, read by all three, so the stem can requantize straight to 8-bit codes."""
+    g = skip_graph()
+    InsertFakeQuant(preset("int8"))(g)
+    verify(g)
+    fq = g.node_by_name("pool/skip_fq")
+    assert fq.inputs[0] is g.node_by_name("pool").output and fq.attrs.qtype.bits == 8
+    assert fq.meta["signed_auto"] == 1
+    assert list(g.node_by_name("pool").output.users) == [(fq, 0)]
+    assert g.node_by_name("gate").inputs[0] is fq.output
+    assert g.node_by_name("mid2").inputs[0] is fq.output  # the a8 layer shares it
+    assert g.node_by_name("res").inputs[0] is fq.output
+
+
+def test_skip_source_left_alone_when_a_reader_wants_lower_bit_activations():
+    g = skip_graph()
+    InsertFakeQuant(preset("w2a2"))(g)  # mid2 (a middle layer) reads 2-bit activations
+    verify(g)
+    assert not any(n.name.endswith("skip_fq") for n in g.nodes)
+    assert g.node_by_name("mid2").inputs[0].producer.attrs.qtype.bits == 2
