@@ -5,7 +5,8 @@ Relax (:func:`lowbit.codegen.lower.lower`), run TVM's default Relax pipeline for
 with lowbit's CPU schedule rules (:mod:`lowbit.codegen.schedules`: register-tiled
 conv / matmul / pooling, row reductions, fused elementwise) applied right after legalization
 and fusion on CPU targets (PrimFuncs no rule matches stay unscheduled: correctness first), then
-``tvm.compile`` against ``tvm.target.Target(target_dict)``. The result is a
+``tvm.compile`` against ``tvm.target.Target(target_dict)`` (on CPU targets with lowbit's TIR
+pipeline, :func:`tir_pipeline`). The result is a
 ``tvm.runtime.Executable``: run it with ``tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](...)``
 or save it with ``ex.export_library(path)`` (weights are Relax constants inside it).
 """
@@ -53,13 +54,30 @@ def build(graph, target: str | Target = "x86", threads: int | None = None):
 
     ``threads`` sizes TVM's CPU thread pool for the calling process (``TVM_NUM_THREADS``;
     1 runs parallel loops inline); None leaves it as it is."""
-    import tvm
-
     if isinstance(target, str):
         target = resolve_target(target)
     if threads is not None:
         from .kernels.bitserial import set_num_threads
 
         set_num_threads(threads)
-    mod = lower(graph, target)
-    return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))
+    return compile_lowered(lower(graph, target), target)
+
+
+def compile_lowered(mod, target: Target):
+    """``tvm.compile`` of a lowered Relax module with lowbit's Relax and TIR pipelines for
+    ``target`` (:func:`relax_pipeline`, :func:`tir_pipeline`); the TVM executable."""
+    import tvm
+
+    return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target),
+                       tir_pipeline=tir_pipeline(target))
+
+
+def tir_pipeline(target: Target) -> str:
+    """The TIR pipeline name for ``target``: on llvm targets lowbit's ``lowbit_cpu`` (TVM's
+    default lowering, then :func:`~lowbit.codegen.schedules.dense_loads.dense_strided_loads`),
+    elsewhere TVM's default."""
+    if target.kind != "llvm":
+        return "default"
+    from .schedules.dense_loads import tir_pipeline as lowbit_cpu
+
+    return lowbit_cpu()

@@ -385,11 +385,9 @@ def _lower(graph: Graph, target):
 
 
 def _compile(mod, target, threads: int | None) -> bytes:
-    """``tvm.compile`` with :func:`lowbit.codegen.build.relax_pipeline`, then the linked
-    library's bytes (:func:`~lowbit.runtime.artifact.export_payload`)."""
-    import tvm
-
-    from ..codegen.build import relax_pipeline
+    """:func:`lowbit.codegen.build.compile_lowered` (TVM with lowbit's pipelines), then the
+    linked library's bytes (:func:`~lowbit.runtime.artifact.export_payload`)."""
+    from ..codegen.build import compile_lowered
     from ..ir.errors import LoweringError
     from ..runtime.artifact import CROSS_LINKERS, export_payload
 
@@ -398,8 +396,7 @@ def _compile(mod, target, threads: int | None) -> bytes:
 
         set_num_threads(threads)
     try:
-        executable = tvm.compile(mod, target=target.tvm_target(),
-                                 relax_pipeline=relax_pipeline(target))
+        executable = compile_lowered(mod, target)
     except (RuntimeError, ValueError, TypeError) as exc:  # TVM's errors derive from these
         raise LoweringError(f"TVM failed to compile for target {target.name!r}: "
                             f"{_first_error_line(exc)}") from exc

@@ -269,7 +269,8 @@ def _is_a8(act) -> bool:
     return act.format == "uniform" and act.bits == RESIDUAL_BITS
 
 
-def _is_integer_source(node: Node, layers: dict[int, LayerSpec], data: list[Value], integer: set[int]) -> bool:
+def _is_integer_source(node: Node, layers: dict[int, LayerSpec], data: list[Value],
+                       integer: set[int]) -> bool:
     """An activation FakeQuant, a (to be) quantized layer, or the bias Add after one."""
     if _is_fake_quant(node):
         return node.attrs.role == "activation"

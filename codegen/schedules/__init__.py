@@ -14,6 +14,10 @@ rule takes (or whose schedule a TVM primitive refuses) stays exactly as TVM lega
   unit-stride in the output and in an input — float conv2d (incl. depthwise), dense / matmul,
   stride-1 pooling windows, and the generic integer QConv / QMatMul te kernels — register
   tiled, vectorized, parallel, epilogues computed per tile;
+* ``strided_window`` (:mod:`.window`): 8- / 16-bit integer max / min pooling windows with a
+  row stride (the quantized max-pool after a ResNet stem) — the whole output row one vector,
+  its strided taps made contiguous loads by the ``lowbit_cpu`` TIR pipeline
+  (:mod:`.dense_loads`);
 * ``row_reduction``, ``gemv``, ``bare_reduction`` (:mod:`.reduction`): softmax, layer norm,
   reduce_*, global pools, strided pooling windows (float row sums as lane-split vector
   reductions; otherwise dlight's CPU reduction / GEMV rules behind a structural check, then
@@ -90,7 +94,7 @@ def unscheduled(mod) -> list[str]:
                   and not int(f.attrs.get("tirx.is_scheduled", 0) if f.attrs else 0))
 
 
-from . import contraction, injective, reduction  # noqa: F401  (registers the rules)
+from . import contraction, injective, reduction, window  # noqa: F401  (registers the rules)
 
 __all__ = ["apply_cpu_schedules", "cpu_rules", "register_rule", "rule_names", "schedule_func",
            "unscheduled"]

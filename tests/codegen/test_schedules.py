@@ -13,6 +13,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 from lowbit.codegen.schedules import rule_names, schedule_func
+from lowbit.codegen.schedules.dense_loads import tir_pipeline
 from lowbit.codegen.target import resolve_target
 from lowbit.ir.dyadic import requantize
 from tvm import te, topi
@@ -23,7 +24,7 @@ RNG = np.random.default_rng(7)
 
 def _run(func, args):
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    lib = tvm.compile(mod, target=TARGET)
+    lib = tvm.compile(mod, target=TARGET, tir_pipeline=tir_pipeline())
     tensors = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*tensors)
     return tensors[-1].numpy()
@@ -50,8 +51,8 @@ def _f32(*shape):
 
 
 def test_registry_order():
-    assert rule_names() == ("contraction", "row_reduction", "gemv", "bare_reduction",
-                            "injective")
+    assert rule_names() == ("contraction", "strided_window", "row_reduction", "gemv",
+                            "bare_reduction", "injective")
 
 
 # -- injective -------------------------------------------------------------------------------
@@ -257,6 +258,70 @@ def test_strided_max_pool_goes_to_bare_reduction():
     got = _check([x, y], [xs], "bare_reduction", exact=True)
     ref = np.lib.stride_tricks.sliding_window_view(xs, (3, 3), axis=(2, 3))[:, :, ::2, ::2]
     np.testing.assert_array_equal(got, ref.max(axis=(-1, -2)))
+
+
+def _window_ref(xs, k, s, op=np.max):
+    win = np.lib.stride_tricks.sliding_window_view(xs, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    return op(win, axis=(-1, -2))
+
+
+@pytest.mark.parametrize("dtype, shape, k, s", [
+    ("uint8", (1, 5, 13, 15), 3, 2),  # odd row: 7 outputs
+    ("int8", (2, 3, 9, 11), 3, 2),
+    ("int16", (1, 4, 10, 17), 2, 2),
+    ("uint8", (1, 2, 12, 29), 3, 3),  # stride 3
+    ("int8", (1, 3, 8, 260), 3, 2),  # 129 outputs > MAX_ROW: not this rule
+])
+def test_strided_window_integer_max_pool_bit_exact(dtype, shape, k, s):
+    """8- / 16-bit integer strided max-pools: the whole row one vector, every tap a dense load
+    + shuffle (lowbit_cpu pipeline); values at the dtype's extremes; wider rows stay bare."""
+    info = np.iinfo(dtype)
+    x = te.placeholder(shape, dtype, name="x")
+    y = topi.nn.pool2d(x, (k, k), (s, s), (1, 1), (0, 0, 0, 0), "max")
+    xs = RNG.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    xs[0, 0, :2] = info.min
+    xs[0, -1, -2:] = info.max
+    rule = "strided_window" if (shape[3] - k) // s + 1 <= 128 else "bare_reduction"
+    got = _check([x, y], [xs], rule, exact=True)
+    np.testing.assert_array_equal(got, _window_ref(xs, k, s))
+
+
+def test_strided_window_min_and_not_float_or_int32_or_stride_1():
+    x8 = te.placeholder((1, 2, 9, 9), "int8", name="x")
+    pooled = topi.nn.pool2d(x8, (3, 3), (2, 2), (1, 1), (0, 0, 0, 0), "max")
+    neg = te.compute(pooled.shape, lambda *i: -pooled(*i), name="neg")  # two blocks
+    assert schedule_func(te.create_prim_func([x8, neg]), TARGET)[0] != "strided_window"
+    r = te.reduce_axis((0, 3), name="r")
+    low = te.compute((1, 2, 9, 4), lambda b, c, h, w: te.min(x8[b, c, h, 2 * w + r], axis=r),
+                     name="low")
+    xs = RNG.integers(-128, 127, (1, 2, 9, 9), endpoint=True).astype(np.int8)
+    got = _check([x8, low], [xs], "strided_window", exact=True)
+    want = np.min(np.stack([xs[..., j:j + 7:2] for j in range(3)]), 0)
+    np.testing.assert_array_equal(got, want)
+    for dtype, stride in (("int32", 2), ("float32", 2), ("uint8", 1)):
+        x = te.placeholder((1, 2, 9, 9), dtype, name="x")
+        y = topi.nn.pool2d(x, (3, 3), (stride, stride), (1, 1), (0, 0, 0, 0), "max")
+        assert schedule_func(te.create_prim_func([x, y]), TARGET)[0] != "strided_window"
+
+
+def test_dense_strided_loads_rewrites_only_constant_strides_2_to_4():
+    from lowbit.codegen.schedules.dense_loads import _dense
+    from tvm import tirx
+
+    buf = tirx.decl_buffer((64,), "int8", name="b")
+
+    def load(stride, lanes=4):
+        return tirx.BufferLoad(buf, [tirx.Ramp(tirx.IntImm("int32", 3),
+                                               tirx.IntImm("int32", stride), lanes)])
+
+    dense = _dense(load(2))
+    assert isinstance(dense, tirx.Shuffle)
+    assert [int(i) for i in dense.indices] == [0, 2, 4, 6]
+    (inner,) = dense.vectors
+    assert int(inner.indices[0].lanes) == 7 and int(inner.indices[0].stride) == 1  # 3..9
+    assert [int(i) for i in _dense(load(4)).indices] == [0, 4, 8, 12]
+    assert _dense(load(1)) is None and _dense(load(5)) is None
+    assert _dense(tirx.BufferLoad(buf, [tirx.IntImm("int32", 3)])) is None
 
 
 def test_global_average_pool():
