@@ -226,8 +226,8 @@ _CATEGORIES = (  # (category, test on a kernel symbol); the first that matches w
     ("sign codes: conv epilogue / residual stream -> dequantize -> pre-sign BN -> sign",
      lambda s: "input_fq" in s),
     ("residual QAdd (+ conv epilogues)", lambda s: "_Add" in s),
-    ("stem epilogue, ReLU, pad, max-pool (int32)",
-     lambda s: "stem" in s or "pool" in s.lower()),
+    ("stem epilogue, ReLU, pad, max-pool (u8 codes)",
+     lambda s: "stem" in s or "pool" in s.lower() or s == "pad"),
 )
 
 
