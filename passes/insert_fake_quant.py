@@ -19,10 +19,11 @@ The output is the *fake-quant graph* of the quantization contract (``docs/quanti
   Unsqueeze, Slice, Split, Pad, Identity). A residual output that is a graph output is left
   alone (it leaves the integer region anyway). A layer reading a residual output reads that
   8-bit FakeQuant (no second activation FakeQuant on the same value);
-* a residual ``Add`` input on an integer path that other ops also read (the skip's source:
-  a ResNet stem's ``Relu -> MaxPool`` feeding the first block and its shortcut) gets the same
-  8-bit FakeQuant, unless it is an activation FakeQuant's output already: the skip then
-  carries 8-bit codes, not int32 accumulators.
+* a residual ``Add`` input that other ops also read and that comes from a layer's
+  accumulators (the skip's source: a ResNet stem's ``Relu -> MaxPool`` feeding the first
+  block and its shortcut) gets the same 8-bit FakeQuant: the skip then carries 8-bit codes,
+  not int32 accumulators. An input that already is a FakeQuant's codes (through Relu /
+  scale-preserving ops) is left as it is.
 
 Which format each layer gets: ``recipe.spec_for(node.name, node.op, is_first, is_last)`` where
 first / last are the first and last quantized-layer candidates in graph order (so the
@@ -245,10 +246,12 @@ class InsertFakeQuant(Pass):
         skip connection's source, e.g. a ResNet stem's Relu -> MaxPool), unless it already is
         one's output: the producing layer then requantizes straight to 8-bit codes (Relu
         folded, MaxPool on codes), and the skip and its other readers move 1 byte per element
-        instead of a 4-byte accumulator. Not when a quantized layer reading ``v`` wants other
-        activations than 8-bit uniform (it would read the 8-bit codes instead of its own)."""
-        if len(v.users) < 2 or id(v) in outputs or _is_fake_quant(v.producer) \
-                or v.producer is None:
+        instead of a 4-byte accumulator. Only for a layer's accumulators (possibly through
+        Relu / Clip / scale-preserving ops, :func:`_accumulator_path`): a value that already is
+        an activation FakeQuant's codes would only be rounded once more. Not when a quantized
+        layer reading ``v`` wants other activations than 8-bit uniform (it would read the
+        8-bit codes instead of its own)."""
+        if len(v.users) < 2 or id(v) in outputs or not _accumulator_path(v):
             return
         if any(id(user) in layers and i == 0 and not _is_a8(layers[id(user)].activations)
                for user, i in v.users):
@@ -262,6 +265,15 @@ class InsertFakeQuant(Pass):
         for user, i in users:
             user.set_input(i, fq.output)
         integer.add(id(fq.output))
+
+
+def _accumulator_path(v: Value) -> bool:
+    """True when ``v`` comes from a layer (not from an activation FakeQuant's codes) through
+    Relu / Clip / scale-preserving ops only."""
+    node = v.producer
+    while node is not None and (node.op in CLAMPS or node.op in SCALE_PRESERVING):
+        node = node.inputs[0].producer
+    return node is not None and not _is_fake_quant(node)
 
 
 def _is_a8(act) -> bool:
