@@ -337,11 +337,21 @@ def _nearest_level(x: np.ndarray, gid: np.ndarray, levels: np.ndarray) -> np.nda
     """Index of the nearest of each element's group levels (sorted ascending; ties go low, and
     of equal levels the first, so a level's value maps to one code whatever its rounding)."""
     mids = (levels[:, 1:] + levels[:, :-1]) / 2.0
+    # the count of each group's midpoints below x, by a branch-free binary search over the
+    # sorted midpoints padded with +inf to 2^m - 1 (m gathers per element, not k compares)
+    width = (1 << mids.shape[1].bit_length()) - 1
+    padded = np.full((mids.shape[0], width), np.inf)
+    padded[:, :mids.shape[1]] = mids
+    flat = padded.ravel()
     out = np.empty(x.shape, dtype=np.int64)
-    step = max(1, _CHUNK // max(1, mids.shape[1]))
-    for i in range(0, x.size, step):
-        sl = slice(i, i + step)
-        out[sl] = np.count_nonzero(x[sl, None] > mids[gid[sl]], axis=1)
+    for i in range(0, x.size, _CHUNK):
+        sl = slice(i, i + _CHUNK)
+        xs, count = x[sl], gid[sl].astype(np.int64) * width  # flat index of the group's row
+        bit = (width + 1) >> 1
+        while bit:
+            count += bit * (xs > flat[count + (bit - 1)])
+            bit >>= 1
+        out[sl] = count - gid[sl].astype(np.int64) * width
     index = np.arange(levels.shape[1])
     starts = np.concatenate([np.ones((levels.shape[0], 1), bool),
                              levels[:, 1:] != levels[:, :-1]], axis=1)

@@ -43,6 +43,7 @@ the data comes from a ReLU-like producer, signed otherwise.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
@@ -80,9 +81,29 @@ def is_quantizable_layer(node: Node) -> bool:
     return False
 
 
+#: the last fits, keyed by the weight array's identity (constants are immutable and shared by
+#: graph copies): a sensitivity measurement quantizes one layer's weights once per candidate
+_FITS: OrderedDict[tuple, tuple[np.ndarray, QType, np.ndarray]] = OrderedDict()
+_FIT_CACHE_SIZE = 16
+
+
 def weight_qtype(weight: np.ndarray, op: Op, spec) -> tuple[QType, np.ndarray]:
     """Fit ``spec`` (a :class:`~lowbit.compiler.recipes.WeightSpec`) to a layer weight:
-    ``(qtype, codes)`` with the granularity axis of ``op`` (module docstring)."""
+    ``(qtype, codes)`` with the granularity axis of ``op`` (module docstring). Fits are
+    deterministic; the last :data:`_FIT_CACHE_SIZE` are remembered for the same array object."""
+    key = (id(weight), op, spec)
+    hit = _FITS.get(key)
+    if hit is not None and hit[0] is weight:
+        _FITS.move_to_end(key)
+        return hit[1], hit[2].copy()
+    qtype, codes = _fit(weight, op, spec)
+    _FITS[key] = (weight, qtype, codes.copy())
+    while len(_FITS) > _FIT_CACHE_SIZE:
+        _FITS.popitem(last=False)
+    return qtype, codes
+
+
+def _fit(weight: np.ndarray, op: Op, spec) -> tuple[QType, np.ndarray]:
     out_axis, red_axis = _WEIGHT_AXES[op]
     if spec.granularity == "per_tensor":
         gran = PER_TENSOR

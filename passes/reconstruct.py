@@ -5,7 +5,7 @@ Rule: for every quantized layer of a calibrated fake-quant graph, in graph order
 1. collect the layer's input activations on the calibration data by running the *partially
    quantized* model (the fake-quant simulator, with every earlier layer already
    reconstructed), i.e. exactly what the layer will see after quantization;
-2. call :func:`lowbit.passes.ptq.reconstruct_layer` on the float weight ``W``, the float bias,
+2. call :func:`lowbit.passes.ptq.reconstruct_layer` (``reconstruct_layers``) on the float weight ``W``, the float bias,
    those inputs and the weight's fitted QType (``kind="conv"`` for Conv, ``"linear"`` for
    MatMul with ``W`` transposed to ``(N, K)`` and inputs flattened to ``(rows, K)``;
    ``act_fn="relu"`` when the layer's output feeds only a Relu; ``method="adaround"`` by
@@ -23,6 +23,9 @@ loss before / after. Deterministic for a given ``seed``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..ir import Graph, Op
@@ -32,7 +35,7 @@ from ..ir.qtype import Granularity, QType
 from .base import Pass, PassResult
 from .calibrate import as_calibration_set, capture_values
 from .insert_fake_quant import QuantizedLayer, quantized_layers
-from .ptq import reconstruct_layer
+from .ptq import reconstruct_layers
 
 
 def transpose_qtype(qtype: QType, shape: tuple[int, ...]) -> QType:
@@ -79,49 +82,107 @@ class Reconstruct(Pass):
         self.initial_envs = initial_envs
 
     def run(self, graph: Graph) -> PassResult:
-        layers = [layer for layer in quantized_layers(graph)
-                  if "ptq" not in layer.weight_fq.meta]
-        if not layers:
-            return PassResult(graph, False)
-        calib = as_calibration_set(graph, self.calib)
-        changed = False
-        for layer in layers:
-            changed |= self._reconstruct(graph, layer, calib)
-        graph.forget_unused_constants()
-        return PassResult(graph, changed)
+        return self.run_many([graph])[0]
 
-    def _reconstruct(self, graph: Graph, layer: QuantizedLayer, calib) -> bool:
+    def run_many(self, graphs: Sequence[Graph]) -> list[PassResult]:
+        """The pass on several graphs at once, each left as :meth:`run` leaves it. Graphs that
+        are copies of one model differing in a layer's weight format (a sensitivity
+        measurement at each format) share the work: layer by layer, in graph order, the graphs
+        whose layer has the same weights, bias, inputs and activation are reconstructed by one
+        batched optimisation (:func:`~lowbit.passes.ptq.reconstruct_layers`). Graphs whose
+        quantized layers differ are run one by one."""
+        pending = [[layer for layer in quantized_layers(graph)
+                    if "ptq" not in layer.weight_fq.meta] for graph in graphs]
+        names = {tuple(layer.node.name for layer in layers) for layers in pending}
+        if len(names) > 1:
+            return [self.run_many([graph])[0] for graph in graphs]
+        if not names or not next(iter(names)):
+            return [PassResult(graph, False) for graph in graphs]
+        calibs = [as_calibration_set(graph, self.calib) if layers else None
+                  for graph, layers in zip(graphs, pending)]
+        changed = [False] * len(graphs)
+        for index in range(len(next(iter(names)))):
+            jobs = {}
+            for g, (graph, layers) in enumerate(zip(graphs, pending)):
+                job = self._job(graph, layers[index], calibs[g])
+                if job is None:
+                    continue
+                same = next((key for key, group in jobs.items() if group[0][1].same_data(job)),
+                            None)
+                jobs.setdefault(same if same is not None else g, []).append((g, job))
+            for group in jobs.values():
+                first = group[0][1]
+                results = reconstruct_layers(
+                    first.w, first.bias, first.x, [job.qtype for _, job in group],
+                    kind=first.kind, conv_attrs=first.conv_attrs, act_fn=first.act_fn,
+                    method=self.method, iters=self.iters, seed=self.seed)
+                for (g, job), result in zip(group, results):
+                    _write_back(graphs[g], pending[g][index], job, result)
+                    changed[g] = True
+        for graph in graphs:
+            graph.forget_unused_constants()
+        return [PassResult(graph, flag) for graph, flag in zip(graphs, changed)]
+
+    def _job(self, graph: Graph, layer: QuantizedLayer, calib) -> _Job | None:
+        """What :func:`reconstruct_layers` needs for ``layer``, or None (``meta["ptq"]`` says
+        why) for a layer it does not handle."""
         node, fq = layer.node, layer.weight_fq
         w = np.array(layer.weight.const, dtype=np.float32)  # writable copy for torch
         qtype = fq.attrs.qtype
         if node.op == Op.CONV_TRANSPOSE or (node.op == Op.CONV and w.ndim > 4):
             fq.meta["ptq"] = f"skipped: {node.op.value} with weight {list(w.shape)}"
-            return False
+            return None
         x_value = node.inputs[0]
         x = capture_values(graph, calib, [x_value], f"reconstruct {node.name}",
                            self.initial_envs)[x_value.name]
+        bias = None if layer.bias is None else np.asarray(layer.bias, dtype=np.float32)
         if node.op == Op.MATMUL:
-            kind, conv_attrs = "linear", None
-            w_in, q_in = np.ascontiguousarray(w.T), transpose_qtype(qtype, w.shape)
-            x = x.reshape(-1, w.shape[0])
-        else:
-            kind, conv_attrs = "conv", node.attrs
-            w_in, q_in = w, qtype
-        result = reconstruct_layer(w_in, layer.bias, x, q_in, kind=kind, conv_attrs=conv_attrs,
-                                   act_fn=layer.act_fn, method=self.method, iters=self.iters,
-                                   seed=self.seed)
-        fq.meta["ptq"] = (f"{result.method} loss {result.loss_before:.4g} -> "
-                          f"{result.loss_after:.4g}")
-        if result.method == "round":
-            return True  # meta changed; weights stay as fitted
-        w_new = dequantize(result.codes, result.qtype)
-        q_new = result.qtype
-        if node.op == Op.MATMUL:
-            w_new, q_new = w_new.T, transpose_qtype(result.qtype, w_in.shape)
-        const = graph.add_const(np.ascontiguousarray(w_new).astype(layer.weight.dtype.numpy),
-                                layer.weight.name)
-        fq.set_input(0, const)
-        fq.attrs = FakeQuantAttrs(q_new, "weight")
-        if result.bias is not None and layer.bias_site is not None:
-            layer.set_bias(graph, result.bias)
-        return True
+            return _Job(np.ascontiguousarray(w.T), bias, x.reshape(-1, w.shape[0]),
+                        transpose_qtype(qtype, w.shape), "linear", None, layer.act_fn, True)
+        return _Job(w, bias, x, qtype, "conv", node.attrs, layer.act_fn, False)
+
+
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """One layer's reconstruction inputs (a MatMul's weight transposed to ``(N, K)``)."""
+
+    w: np.ndarray
+    bias: np.ndarray | None
+    x: np.ndarray
+    qtype: QType
+    kind: str
+    conv_attrs: object
+    act_fn: str | None
+    transposed: bool
+
+    def same_data(self, other: _Job) -> bool:
+        """True when both reconstruct the same layer on the same data (formats may differ)."""
+        return (self.kind == other.kind and self.act_fn == other.act_fn
+                and self.conv_attrs == other.conv_attrs and self.transposed == other.transposed
+                and _same(self.w, other.w) and _same(self.bias, other.bias)
+                and _same(self.x, other.x))
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _write_back(graph: Graph, layer: QuantizedLayer, job: _Job, result) -> None:
+    """Rule step 3: the weight FakeQuant reads ``dequantize(codes, qtype')`` and gets the
+    refined QType; the bias constant becomes ``b'``; ``meta["ptq"]`` records the losses."""
+    fq = layer.weight_fq
+    fq.meta["ptq"] = f"{result.method} loss {result.loss_before:.4g} -> {result.loss_after:.4g}"
+    if result.method == "round":
+        return  # meta changed; weights stay as fitted
+    w_new = dequantize(result.codes, result.qtype)
+    q_new = result.qtype
+    if job.transposed:
+        w_new, q_new = w_new.T, transpose_qtype(result.qtype, job.w.shape)
+    const = graph.add_const(np.ascontiguousarray(w_new).astype(layer.weight.dtype.numpy),
+                            layer.weight.name)
+    fq.set_input(0, const)
+    fq.attrs = FakeQuantAttrs(q_new, "weight")
+    if result.bias is not None and layer.bias_site is not None:
+        layer.set_bias(graph, result.bias)

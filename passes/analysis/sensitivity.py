@@ -318,9 +318,9 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
         ptq = f"{iters}+shared" if iters and share_reconstruction else iters
         return (model_key, infos[li].name, candidates[ci].numerics, metric_key, calib_key, ptq)
 
-    # (layer, weight format) -> candidates still to measure: one task, so that a shared
-    # reconstruction is made once; the costliest tasks (reconstructing, big layers) go first
-    pending: dict[tuple[int, WeightSpec], list[int]] = {}
+    # layer -> candidates still to measure: one task, so that its reconstructions train as
+    # one batch; the costliest tasks (reconstructing, big layers) go first
+    pending: dict[int, list[int]] = {}
     for li in range(len(infos)):
         for ci in range(len(candidates)):
             key = key_of(li, ci)
@@ -329,17 +329,17 @@ def layer_sensitivity(model, candidates: Sequence[Candidate] = DEFAULT_CANDIDATE
                 if stored is not None:
                     _CACHE[key] = stored
             if key not in _CACHE:
-                pending.setdefault((li, candidates[ci].weights), []).append(ci)
-    tasks = sorted(((li, cis) for (li, _), cis in pending.items()),
-                   key=lambda task: (not candidates[task[1][0]].reconstructs,
-                                     -infos[task[0]].params, task[0], task[1]))
+                pending.setdefault(li, []).append(ci)
+    tasks = sorted(pending.items(),
+                   key=lambda task: (not any(candidates[ci].reconstructs for ci in task[1]),
+                                     -infos[task[0]].params, task[0]))
     workers = resolve_jobs(jobs)
     if workers > 1 and not reaches_workers(metric):
         workers = 1  # a lambda, a local function or one from __main__ cannot reach a worker
-    # the reconstructions to make: one per task when shared, else one per measurement
+    # the reconstructions to make: one per weight format when shared, else one per measurement
     n_slow = 0 if not ptq_iters else sum(
-        (1 if share_reconstruction else len(cis))
-        for _, cis in tasks if candidates[cis[0]].reconstructs)
+        len({candidates[ci].weights if share_reconstruction else ci
+             for ci in cis if candidates[ci].reconstructs}) for _, cis in tasks)
     if n_slow < MIN_PARALLEL_MEASUREMENTS:
         workers = 1  # starting workers (imports) costs more than it saves
     last_save = [time.monotonic()]
@@ -397,15 +397,15 @@ class _Measurer:
         return self._prefix
 
     def measure(self, info: LayerInfo, cis: Sequence[int]) -> list[tuple[float, int]]:
-        """``[(damage, layer bytes)]`` of layer ``info`` at each candidate index of ``cis``."""
+        """``[(damage, layer bytes)]`` of layer ``info`` at each candidate index of ``cis``
+        (their reconstructions batched, :meth:`_FloatPrefix.quantize_many`)."""
         from ...compiler.quantize import weight_size
 
-        prefix, out, shared = self.prefix, [], {}
-        for ci in cis:
-            cand = self.candidates[ci]
-            iters = self.ptq_iters if cand.reconstructs else 0
-            qgraph = prefix.quantize_one(info.name, cand, self.calib_set, iters,
-                                         shared if self.share else None)
+        prefix, out = self.prefix, []
+        graphs = prefix.quantize_many(info.name, [self.candidates[ci] for ci in cis],
+                                      self.calib_set, self.ptq_iters,
+                                      {} if self.share else None)
+        for qgraph in graphs:
             quant_outs = prefix.run(qgraph)
             layer_bytes = weight_size(qgraph).packed - (self.total_fp32 - info.fp32_bytes)
             out.append((_damage(self.metric, prefix.outputs, quant_outs), int(layer_bytes)))
@@ -498,7 +498,6 @@ class _FloatPrefix:
         with one_torch_thread():
             if not self._batched(graph, feeds):
                 self._per_batch(graph, feeds)
-        self._tainted: set[str] = set()
 
     @staticmethod
     def _keep_run(graph: Graph, feed) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -572,54 +571,82 @@ class _FloatPrefix:
 
     def quantize_one(self, layer: str, candidate: Candidate, calib_set,
                      iters: int = 0, shared: dict | None = None) -> Graph:
-        """The calibrated fake-quant graph with only ``layer`` at ``candidate``, its weights
-        reconstructed for ``iters`` steps when ``iters > 0``. With a ``shared`` dict (one per
-        layer), the reconstruction is made once per weight format, against 8-bit activations,
-        and reused by that format's lower-bit-activation candidates (see
-        :func:`layer_sensitivity`)."""
-        if iters > 0 and shared is not None:
-            source = replace(candidate, activations=ActSpec(8, candidate.activations.signed))
-            key = (candidate.weights, candidate.activations.signed)
-            if key not in shared:
-                done = self._quantize_one(layer, source, calib_set, iters)
-                shared[key] = _layer_weights(done, layer)
-                if source.numerics == candidate.numerics:
-                    return done
-            if source.numerics != candidate.numerics:
-                qgraph = self._quantize_one(layer, candidate, calib_set, 0)
-                _set_layer_weights(qgraph, layer, shared[key])
-                return qgraph
-        return self._quantize_one(layer, candidate, calib_set, iters)
+        """:meth:`quantize_many` of one candidate."""
+        (qgraph,) = self.quantize_many(layer, [candidate], calib_set, iters, shared)
+        return qgraph
 
-    def _quantize_one(self, layer: str, candidate: Candidate, calib_set, iters: int) -> Graph:
+    def quantize_many(self, layer: str, candidates: Sequence[Candidate], calib_set,
+                      iters: int = 0, shared: dict | None = None) -> list[Graph]:
+        """Per candidate, the calibrated fake-quant graph with only ``layer`` at that
+        candidate; the weights of candidates that :attr:`~Candidate.reconstructs` are
+        reconstructed for ``iters`` steps, all in one :meth:`Reconstruct.run_many
+        <lowbit.passes.reconstruct.Reconstruct.run_many>` (formats of one layer on the same
+        inputs train as one batch). With a ``shared`` dict (one per layer), a weight format
+        is reconstructed once, against 8-bit activations, and reused by that format's
+        lower-bit-activation candidates (see :func:`layer_sensitivity`)."""
+        trains = [iters > 0 and c.reconstructs for c in candidates]
+        if shared is None:
+            graphs = [self._quantize_one(layer, c, calib_set) for c in candidates]
+            self._reconstruct([g for g, t in zip(graphs, trains) if t], calib_set, iters)
+            return graphs
+        sources: dict[tuple, Candidate] = {}
+        for cand, train in zip(candidates, trains):
+            key = (cand.weights, cand.activations.signed)
+            if train and key not in shared:
+                sources.setdefault(key, replace(cand, activations=ActSpec(8, key[1])))
+        done = {key: self._quantize_one(layer, src, calib_set) for key, src in sources.items()}
+        self._reconstruct(list(done.values()), calib_set, iters)
+        for key, qgraph in done.items():
+            shared[key] = _layer_weights(qgraph, layer)
+        out = []
+        for cand, train in zip(candidates, trains):
+            key = (cand.weights, cand.activations.signed)
+            if train and key in done and sources[key].numerics == cand.numerics:
+                out.append(done[key])
+                continue
+            qgraph = self._quantize_one(layer, cand, calib_set)
+            if train:
+                _set_layer_weights(qgraph, layer, shared[key])
+            out.append(qgraph)
+        return out
+
+    def _quantize_one(self, layer: str, candidate: Candidate, calib_set) -> Graph:
+        """The calibrated (not reconstructed) graph with only ``layer`` at ``candidate``."""
         from ...compiler.quantize import quantize
         from ...passes.calibrate import calibrate_node, is_calibrated
         from ...passes.insert_fake_quant import InsertFakeQuant
-        from ...passes.reconstruct import Reconstruct
 
         recipe = _single_layer_recipe(layer, candidate)
-        if iters > 0:
-            recipe = replace(recipe, ptq=replace(recipe.ptq, reconstruct=True, iters=iters))
         if self.values is None:
             return quantize(self.graph, recipe=recipe, calib=calib_set, fold=False)
         qgraph = self.graph.copy()
         InsertFakeQuant(recipe)(qgraph)
         fqs = [n for n in qgraph.nodes if n.op == Op.FAKE_QUANT]
-        self._tainted = _downstream(fqs)
+        tainted = _downstream(fqs)
         for node in fqs:
             if node.attrs.role != "activation" or is_calibrated(node.attrs.qtype):
                 continue
             source = node.inputs[0].name
-            assert source not in self._tainted, "an activation FakeQuant reads a quantized value"
+            assert source not in tainted, "an activation FakeQuant reads a quantized value"
             calibrate_node(node, self._observed(source), recipe.calibration)
-        if iters > 0:
-            Reconstruct(self.calib or calib_set, iters=iters, seed=recipe.ptq.seed,
-                        initial_envs=self._envs())(qgraph)
         return qgraph
 
-    def _envs(self) -> list[dict[str, np.ndarray]]:
-        """Per batch, the float values upstream of every FakeQuant of the current graph."""
-        return [{k: a for k, a in values.items() if k not in self._tainted}
+    def _reconstruct(self, graphs: list[Graph], calib_set, iters: int) -> None:
+        """Reconstruct the quantized layer of each of ``graphs`` (one batch where they share
+        the layer's inputs), resumed from the float prefix."""
+        from ...passes.reconstruct import Reconstruct
+
+        if not graphs:
+            return
+        envs = None
+        if self.values is not None:  # a value downstream of any graph's FakeQuant is recomputed
+            envs = self._envs(set().union(*(_tainted(g) for g in graphs)))
+        Reconstruct(self.calib or calib_set, iters=iters, seed=preset("none").ptq.seed,
+                    initial_envs=envs).run_many(graphs)
+
+    def _envs(self, tainted: set[str]) -> list[dict[str, np.ndarray]]:
+        """Per batch, the float values not in ``tainted`` (upstream of every FakeQuant)."""
+        return [{k: a for k, a in values.items() if k not in tainted}
                 for values in self.values]
 
     def run(self, qgraph: Graph) -> list[dict[str, np.ndarray]]:
@@ -630,7 +657,12 @@ class _FloatPrefix:
             if self.values is None:
                 return [FastFakeQuantInterpreter(qgraph).run(f) for f in self.feeds]
             return [FastFakeQuantInterpreter(qgraph).run(feed, initial_env=env)
-                    for env, feed in zip(self._envs(), self.feeds)]
+                    for env, feed in zip(self._envs(_tainted(qgraph)), self.feeds)]
+
+
+def _tainted(qgraph: Graph) -> set[str]:
+    """Names of the values of ``qgraph`` computed from a FakeQuant (not float-prefix values)."""
+    return _downstream([n for n in qgraph.nodes if n.op == Op.FAKE_QUANT])
 
 
 def _declared_bytes(graph: Graph) -> int:

@@ -6,15 +6,23 @@ straight-through fake quantization on exactly the grid of :mod:`lowbit.ir.qforma
 """
 
 from .bias_correction import corrected_bias
-from .fake_quant_torch import fake_quant, fake_quant_learnable, quant_params, with_params
-from .reconstruct import ReconstructionResult, reconstruct_layer
+from .fake_quant_torch import (
+    fake_quant,
+    fake_quant_learnable,
+    fake_quant_scales,
+    quant_params,
+    with_params,
+)
+from .reconstruct import ReconstructionResult, reconstruct_layer, reconstruct_layers
 
 __all__ = [
     "ReconstructionResult",
     "corrected_bias",
     "fake_quant",
     "fake_quant_learnable",
+    "fake_quant_scales",
     "quant_params",
     "reconstruct_layer",
+    "reconstruct_layers",
     "with_params",
 ]

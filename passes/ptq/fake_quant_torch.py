@@ -99,6 +99,26 @@ def fake_quant_learnable(w: torch.Tensor, qtype: QType, params: torch.Tensor) ->
     return out.to(w.dtype)
 
 
+def fake_quant_scales(w: torch.Tensor, qtype: QType, scales: torch.Tensor) -> torch.Tensor:
+    """``fake_quant_learnable(w, qtype, scales[m])`` for every row of ``scales`` (``(M, G)``
+    float64 scales of a scaled kind: uniform, binary, ternary, pow2), stacked as
+    ``(M, *w.shape)`` float64, without gradients: one broadcast pass for a scale search."""
+    if qtype.kind == QKind.CODEBOOK:
+        raise QuantizationError("fake_quant_scales: a codebook has levels, not scales")
+    gid_np, n_groups = group_index(tuple(w.shape), qtype.granularity)
+    if scales.ndim != 2 or scales.shape[1] != n_groups or scales.dtype != torch.float64:
+        raise QuantizationError(
+            f"{qtype.kind.value} scales for a tensor of shape {tuple(w.shape)} must be a "
+            f"float64 tensor of shape (M, {n_groups}), got {scales.dtype} "
+            f"{tuple(scales.shape)}")
+    gid = torch.from_numpy(gid_np)
+    with torch.no_grad():
+        scale = scales[:, gid]
+        zero_point = _zero_points(qtype, n_groups)[gid]
+        level, _ = _LEVELS[qtype.kind](w.detach().to(torch.float64), scale, zero_point, qtype)
+        return level * scale
+
+
 # -- levels (float64, no grad): the code decision of each kind, as in qformats.quantize --------
 def _zero_points(qtype: QType, n_groups: int) -> torch.Tensor:
     values = qtype.zero_point or (0,)

@@ -40,6 +40,7 @@ never raises the loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,12 @@ from ...ir.errors import CalibrationError, QuantizationError, ShapeError
 from ...ir.qformats import dequantize, group_index, quantize
 from ...ir.qtype import QKind, QType
 from ..analysis.fast_float import one_torch_thread
-from .fake_quant_torch import fake_quant_learnable, quant_params, with_params
+from .fake_quant_torch import (
+    fake_quant_learnable,
+    fake_quant_scales,
+    quant_params,
+    with_params,
+)
 
 METHODS = ("adaround", "adaquant")
 #: default relative Adam step per method (AdaQuant's STE moves every weight, so it needs less)
@@ -123,43 +129,96 @@ def reconstruct_layer(
     ``max_samples`` samples and, with an activation, ``max_rows`` rows are used. Runs on one
     torch thread (restored after) and is deterministic for a given ``seed``.
     """
-    _check_options(qtype, kind, act_fn, method, iters, max_samples, max_rows, batch_rows)
+    (result,) = reconstruct_layers(
+        w, bias, x, [qtype], kind=kind, conv_attrs=conv_attrs, act_fn=act_fn, method=method,
+        iters=iters, lr=lr, seed=seed, init_codes=None if init_codes is None else [init_codes],
+        max_samples=max_samples, max_rows=max_rows, batch_rows=batch_rows)
+    return result
+
+
+#: AdaRound trains at most this many weights (formats x weights per layer) in one batch
+MAX_BATCH_WEIGHTS = 1 << 23
+
+
+def reconstruct_layers(
+    w,
+    bias,
+    x,
+    qtypes: Sequence[QType],
+    *,
+    kind: str = "conv",
+    conv_attrs: ConvAttrs | None = None,
+    act_fn: str | None = None,
+    method: str = "adaround",
+    iters: int = 500,
+    lr: float | None = None,
+    seed: int = 0,
+    init_codes: Sequence | None = None,
+    max_samples: int = 512,
+    max_rows: int = 16384,
+    batch_rows: int = 1024,
+) -> list[ReconstructionResult]:
+    """One layer reconstructed at several weight formats (``qtypes``; ``init_codes`` one per
+    format or None), arguments as :func:`reconstruct_layer`: result ``i`` is the same
+    optimisation as ``reconstruct_layer(..., qtypes[i])`` -- the objective (rows, targets,
+    ``H``) is built once, and every format trains on the same seeded mini-batches. AdaRound
+    trains the formats as one batch (one matmul per step for all of them, at most
+    :data:`MAX_BATCH_WEIGHTS` weights at a time); the formats' losses are summed, each scaled by
+    its own plain-rounding loss, so the gradients do not mix. Results agree with one-format runs
+    up to float32 summation order."""
+    qtypes = list(qtypes)
+    for qtype in qtypes:
+        _check_options(qtype, kind, act_fn, method, iters, max_samples, max_rows, batch_rows)
+    inits = [None] * len(qtypes) if init_codes is None else list(init_codes)
+    if len(inits) != len(qtypes):
+        raise QuantizationError(f"reconstruction: {len(inits)} init_codes for "
+                                f"{len(qtypes)} formats")
     w = np.asarray(w, dtype=np.float32)
     x = _check_calibration(np.asarray(x), w, kind)
     layer = _Layer.make(w.shape, kind, conv_attrs)
     b_ref = None if bias is None else _check_bias(bias, w.shape[0])
-    base_codes = _baseline_codes(w, qtype, init_codes)
+    base_codes = [_baseline_codes(w, q, codes) for q, codes in zip(qtypes, inits)]
 
     rng = np.random.default_rng(seed)
     if x.shape[0] > max_samples:
         x = x[np.sort(rng.choice(x.shape[0], max_samples, replace=False))]
     with one_torch_thread():
-        generator = torch.Generator().manual_seed(seed)
         w_ref = torch.from_numpy(w).to(torch.float64)
         b_ref_t = torch.zeros(w.shape[0], dtype=torch.float64) if b_ref is None else \
             torch.from_numpy(b_ref).to(torch.float64)
         if act_fn is None:
             objective = _QuadraticObjective(layer, x, w_ref, b_ref_t)
         else:
-            objective = _RowObjective(layer, x, w_ref, b_ref_t, rng, max_rows, batch_rows,
-                                      generator)
-        loss_before = objective.exact(torch.from_numpy(dequantize(base_codes, qtype)), b_ref_t)
-        baseline = ReconstructionResult(base_codes, qtype, b_ref, loss_before, loss_before,
-                                        "round")
-        if iters == 0 or loss_before <= 0.0:
-            return baseline
-        start = _search_scale(w_ref, qtype, objective.importance(w.shape))
-        run = _adaquant if method == "adaquant" else _adaround
-        codes, new_qtype, new_bias, loss_after = run(
-            w_ref, b_ref is not None, start, objective, loss_before, iters,
-            DEFAULT_LR[method] if lr is None else lr)
-        refit = _refit_params(codes, new_qtype, objective, b_ref is not None)
-        if refit is not None and refit[0] < loss_after:
-            loss_after, codes, new_qtype, new_bias = refit
-    if not loss_after < loss_before:
-        return baseline
-    bias_out = None if b_ref is None else new_bias.numpy().astype(np.float32)
-    return ReconstructionResult(codes, new_qtype, bias_out, loss_before, loss_after, method)
+            objective = _RowObjective(layer, x, w_ref, b_ref_t, rng, max_rows, batch_rows, seed)
+        results = []
+        for qtype, codes in zip(qtypes, base_codes):
+            before = objective.exact(torch.from_numpy(dequantize(codes, qtype)), b_ref_t)
+            results.append(ReconstructionResult(codes, qtype, b_ref, before, before, "round"))
+        todo = [i for i, r in enumerate(results) if iters > 0 and r.loss_before > 0.0]
+        if not todo:
+            return results
+        importance = objective.importance(w.shape)
+        starts = {i: _search_scale(w_ref, qtypes[i], importance) for i in todo}
+        step = DEFAULT_LR[method] if lr is None else lr
+        chunk = 1 if method == "adaquant" else max(1, MAX_BATCH_WEIGHTS // w.size)
+        for first in range(0, len(todo), chunk):
+            part = todo[first:first + chunk]
+            objective.restart()  # every format sees the same mini-batches
+            if method == "adaquant":
+                outs = [_adaquant(w_ref, b_ref is not None, starts[part[0]], objective,
+                                  results[part[0]].loss_before, iters, step)]
+            else:
+                outs = _adaround(w_ref, b_ref is not None, [starts[i] for i in part], objective,
+                                 [results[i].loss_before for i in part], iters, step)
+            for i, (codes, new_qtype, new_bias, loss_after) in zip(part, outs):
+                refit = _refit_params(codes, new_qtype, objective, b_ref is not None)
+                if refit is not None and refit[0] < loss_after:
+                    loss_after, codes, new_qtype, new_bias = refit
+                if loss_after < results[i].loss_before:
+                    bias_out = None if b_ref is None else new_bias.numpy().astype(np.float32)
+                    results[i] = ReconstructionResult(codes, new_qtype, bias_out,
+                                                      results[i].loss_before, loss_after, method)
+    return results
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -336,16 +395,28 @@ class _QuadraticObjective:
     def importance(self, shape) -> torch.Tensor:
         return _broadcast_columns(self.layer, torch.diagonal(self.second, dim1=1, dim2=2), shape)
 
+    def restart(self) -> None:
+        """Nothing to rewind: the quadratic form uses every row each step."""
+
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
         """The training loss (float32, see the class docstring)."""
-        dw = self.layer.grouped(w.float()) - self._w_ref32
-        db = b.float().reshape(self._b_ref32.shape) - self._b_ref32
-        if self._rows32 is not None:  # (G, M, K) @ (G, K, O) -> (G, M, O)
-            quad = (torch.matmul(self._rows32, dw.transpose(1, 2)) ** 2).sum(dim=1)
+        return self.losses(w[None], b[None], step)[0]
+
+    def losses(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
+        """:meth:`loss` of ``F`` stacked weight/bias pairs, ``(F, C_out, ...)`` and
+        ``(F, C_out)``, in one matmul: shape ``(F,)``."""
+        g, o = self._b_ref32.shape
+        count, k = w.shape[0], self._w_ref32.shape[2]
+        dw = w.float().reshape(count, g, o, k) - self._w_ref32
+        db = b.float().reshape(count, g, o) - self._b_ref32
+        if self._rows32 is not None:  # (G, M, K) @ (G, K, F·O) -> (G, M, F·O)
+            stacked = dw.transpose(0, 1).reshape(g, count * o, k)
+            quad = (torch.matmul(self._rows32, stacked.transpose(1, 2)) ** 2).sum(dim=1)
+            quad = quad.reshape(g, count, o).transpose(0, 1)
         else:
-            quad = (torch.matmul(dw, self._second32) * dw).sum(dim=2)
-        cross = 2.0 * db * torch.einsum("gok,gk->go", dw, self._mean32)
-        return (quad + cross + db * db).mean()
+            quad = (torch.matmul(dw, self._second32) * dw).sum(dim=3)
+        cross = 2.0 * db * torch.einsum("fgok,gk->fgo", dw, self._mean32)
+        return (quad + cross + db * db).mean(dim=(1, 2))
 
     def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():
@@ -361,7 +432,7 @@ class _RowObjective:
     kept group-major, ``(G, M, K)``, reshuffled once per epoch: a step's mini-batch is a
     contiguous window and one batched matmul per group."""
 
-    def __init__(self, layer, x, w_ref, b_ref, rng, max_rows, batch_rows, generator):
+    def __init__(self, layer, x, w_ref, b_ref, rng, max_rows, batch_rows, seed):
         self.layer = layer
         kept, offset, keep = [], 0, None
         for rows in layer.row_chunks(x):
@@ -377,7 +448,8 @@ class _RowObjective:
         self.w_ref = layer.grouped(w_ref)
         self.b_ref = b_ref.reshape(layer.groups, -1)
         self.batch = min(batch_rows, self.rows.shape[1])
-        self.generator = generator
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.target = self._forward(self.rows, self.w_ref.float(), self.b_ref.float())
         self._epoch_rows = self._epoch_target = None
@@ -391,18 +463,32 @@ class _RowObjective:
         power = (self.rows.to(torch.float64) ** 2).mean(dim=1)
         return _broadcast_columns(self.layer, power, shape)
 
+    def restart(self) -> None:
+        """Rewind the mini-batch sequence to its seeded start (a new optimisation)."""
+        self.generator.manual_seed(self.seed)
+        self._epoch_rows = self._epoch_target = None
+
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
         """Epochs of shuffled rows: each epoch draws a fresh permutation (one gather), and
         step ``step`` trains on the next contiguous window of ``batch`` rows."""
+        return self.losses(w[None], b[None], step)[0]
+
+    def losses(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
+        """:meth:`loss` of ``F`` stacked weight/bias pairs, ``(F, C_out, ...)`` and
+        ``(F, C_out)``, on the same window in one matmul: shape ``(F,)``."""
         windows = max(1, self.rows.shape[1] // self.batch)
         if step % windows == 0 or self._epoch_rows is None:
             order = torch.randperm(self.rows.shape[1], generator=self.generator)
             self._epoch_rows = self.rows[:, order]
             self._epoch_target = self.target[:, order]
         part = slice((step % windows) * self.batch, (step % windows + 1) * self.batch)
-        pred = self._forward(self._epoch_rows[:, part], self.layer.grouped(w.float()),
-                             b.float().reshape(self.b_ref.shape))
-        return ((pred - self._epoch_target[:, part]) ** 2).mean()
+        g, o = self.b_ref.shape
+        count, k = w.shape[0], self.rows.shape[2]
+        stacked = w.float().reshape(count, g, o, k).transpose(0, 1).reshape(g, count * o, k)
+        bias = b.float().reshape(count, g, o).transpose(0, 1).reshape(g, count * o)
+        pred = self._forward(self._epoch_rows[:, part], stacked, bias)  # (G, B, F·O)
+        diff = pred.reshape(g, -1, count, o) - self._epoch_target[:, part, None, :]
+        return (diff * diff).mean(dim=(0, 1, 3))
 
     def exact(self, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():
@@ -428,7 +514,8 @@ def _broadcast_columns(layer: _Layer, per_column: torch.Tensor, shape) -> torch.
 # -- initial scale search ----------------------------------------------------------------------
 def _search_scale(w: torch.Tensor, qtype: QType, importance: torch.Tensor) -> QType:
     """Per group, the multiplier in :data:`SCALE_GRID` of the format's scale with the least
-    ``sum importance · (W - Q(W))²`` (first one on ties). Codebooks are returned unchanged."""
+    ``sum importance · (W - Q(W))²`` (first one on ties). Codebooks are returned unchanged.
+    The multipliers are evaluated a chunk at a time (:func:`fake_quant_scales`)."""
     if qtype.kind == QKind.CODEBOOK:
         return qtype
     gid_np, n_groups = group_index(tuple(w.shape), qtype.granularity)
@@ -436,15 +523,18 @@ def _search_scale(w: torch.Tensor, qtype: QType, importance: torch.Tensor) -> QT
     base = quant_params(qtype, tuple(w.shape))
     best_err = torch.full((n_groups,), math.inf, dtype=torch.float64)
     best = base.clone()
+    multipliers = torch.tensor(SCALE_GRID, dtype=torch.float64)
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, w.numel()))
     with torch.no_grad():
-        for multiplier in SCALE_GRID:
-            scale = base * multiplier
-            err = importance * (fake_quant_learnable(w, qtype, scale) - w) ** 2
-            per_group = torch.zeros(n_groups, dtype=torch.float64).index_add_(
-                0, gid, err.reshape(-1))
-            better = per_group < best_err
-            best_err = torch.where(better, per_group, best_err)
-            best = torch.where(better, scale, best)
+        for first in range(0, len(SCALE_GRID), chunk):
+            scales = base[None, :] * multipliers[first:first + chunk, None]
+            err = importance * (fake_quant_scales(w, qtype, scales) - w) ** 2
+            per_group = torch.zeros(scales.shape, dtype=torch.float64).index_add_(
+                1, gid, err.reshape(scales.shape[0], -1))
+            for row in range(scales.shape[0]):
+                better = per_group[row] < best_err
+                best_err = torch.where(better, per_group[row], best_err)
+                best = torch.where(better, scales[row], best)
     return with_params(qtype, best)
 
 
@@ -571,60 +661,120 @@ def _neighbours(w: torch.Tensor, gid: torch.Tensor, table: torch.Tensor):
     return lower.reshape(w.shape), upper.reshape(w.shape)
 
 
-def _adaround(w_ref, has_bias, start: QType, objective, loss_before, iters, lr):
-    """AdaRound generalised to any sorted grid: each weight picks its lower or upper grid
-    neighbour, ``W_q = lo + h(V) · (hi - lo)`` while training, ``hi`` where ``h >= 1/2`` after."""
+class _SoftRound(torch.autograd.Function):
+    """AdaRound's soft weights and regulariser in one autograd node, float32, for ``count``
+    formats stacked along axis 0: ``h = clamp(σ(V)·(ζ - γ) + γ, 0, 1)``, ``W = lo + h · gap``
+    and ``R = λ · Σ_formats (1 - mean |2h - 1|^β)`` (``R = 0`` when ``beta`` is None, the
+    warm-up). The backward pass is written out, ``∂R/∂h = -2λβ/n · |2h - 1|^β / (2h - 1)``
+    (``n`` weights per format; 0 at ``h = 1/2``) and ``∂h/∂V = (ζ - γ) σ(V)(1 - σ(V))`` where
+    ``0 <= σ(V)·(ζ - γ) + γ <= 1``: a third of the elementwise passes of autograd's float64
+    graph, and no ``pow`` (``exp(β log|u|)``)."""
+
+    @staticmethod
+    def forward(ctx, logits, lower, gap, beta, lam, count):
+        s = torch.sigmoid(logits)
+        h_raw = s.mul(ADAROUND_ZETA - ADAROUND_GAMMA).add_(ADAROUND_GAMMA)
+        h = h_raw.clamp(0.0, 1.0)
+        w = torch.addcmul(lower, h, gap)
+        inside = h_raw == h
+        if beta is None:
+            ctx.save_for_backward(s, inside, gap)
+            ctx.beta = None
+            return w, torch.zeros((), dtype=w.dtype)
+        u = h.mul_(2.0).sub_(1.0)
+        f = u.abs().log_().mul_(beta).exp_()
+        per_format = f.numel() // count
+        reg = (count - f.sum() / per_format) * lam
+        ctx.save_for_backward(s, inside, gap, u, f)
+        ctx.beta, ctx.scale = beta, -2.0 * lam * beta / per_format
+        return w, reg
+
+    @staticmethod
+    def backward(ctx, grad_w, grad_reg):
+        if ctx.beta is None:
+            s, inside, gap = ctx.saved_tensors
+            grad = grad_w * gap
+        else:
+            s, inside, gap, u, f = ctx.saved_tensors
+            grad = grad_w * gap
+            slope = f.div(u).nan_to_num_(0.0, 0.0, 0.0)  # |u|^β / u, 0 where u = 0
+            grad.add_(slope, alpha=ctx.scale * float(grad_reg))
+        dh = (1.0 - s).mul_(s).mul_(ADAROUND_ZETA - ADAROUND_GAMMA).mul_(inside)
+        return grad.mul_(dh), None, None, None, None, None
+
+
+def _adam(groups):
+    """Adam, fused into one kernel per step where this torch has it (CPU: torch >= 2.4)."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups)
+
+
+def _adaround(w_ref, has_bias, starts: Sequence[QType], objective, losses_before, iters, lr):
+    """AdaRound generalised to any sorted grid, for ``F`` formats at once: each weight picks
+    its lower or upper grid neighbour, ``W_q = lo + h(V) · (hi - lo)`` while training (float32,
+    :class:`_SoftRound`), ``hi`` where ``h >= 1/2`` (``V >= 0``) after, from the float64 grid
+    values. The loss is ``Σ_f L_f / L_f(round) + R``; each format keeps its best checkpoint.
+    Returns one ``(codes, qtype, bias, loss)`` per format."""
     layer = objective.layer
     b_ref = objective.b_ref.reshape(-1)
-    gid = torch.from_numpy(group_index(tuple(w_ref.shape), start.granularity)[0])
-    lower, upper = _neighbours(w_ref, gid, _level_table(w_ref, start))
+    count = len(starts)
+    bounds = [_neighbours(w_ref, torch.from_numpy(group_index(
+        tuple(w_ref.shape), start.granularity)[0]), _level_table(w_ref, start))
+        for start in starts]
+    lower = torch.stack([lo for lo, _ in bounds])
+    upper = torch.stack([hi for _, hi in bounds])
     gap = upper - lower
     rest = torch.where(gap > 0, (w_ref - lower) / torch.where(gap > 0, gap, 1.0), 0.0)
     zeta, gamma = ADAROUND_ZETA, ADAROUND_GAMMA
     p = ((rest.clamp(0.0, 1.0) - gamma) / (zeta - gamma)).clamp(1e-6, 1 - 1e-6)
-    logits = torch.log(p / (1 - p)).requires_grad_(True)
-
-    def soft_round():
-        return (torch.sigmoid(logits) * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+    logits = torch.log(p / (1 - p)).float().requires_grad_(True)
+    lower32, gap32 = lower.float(), gap.float()
 
     def hard_weights():
-        return torch.where(logits >= 0, upper, lower)
+        return torch.where(logits.detach() >= 0, upper, lower)
 
     with torch.no_grad():
-        b0 = _start_bias(objective, layer, hard_weights(), b_ref)
+        hard = hard_weights()
+        b0 = torch.stack([_start_bias(objective, layer, hard[f], b_ref) for f in range(count)])
     bias_scale = math.sqrt(max(objective.exact(torch.zeros_like(w_ref), torch.zeros_like(b_ref)),
                                1e-30))
     bias_shift = torch.zeros_like(b0, requires_grad=has_bias)
-    bias_fn = (lambda: b0 + bias_scale * bias_shift) if has_bias else (lambda: b_ref)
+    bias_fn = (lambda: b0 + bias_scale * bias_shift) if has_bias else \
+        (lambda: b_ref.expand(count, -1))
     learned = [{"params": [logits], "lr": lr * 10}]
     if has_bias:
         learned.append({"params": [bias_shift], "lr": lr})
+    norm = torch.tensor(list(losses_before), dtype=torch.float32)
 
-    def snapshot():
+    def snapshot(f: int):
         with torch.no_grad():
-            codes = quantize(hard_weights().numpy(), start)
-            bias = bias_fn().detach().clone()
-        w_q = torch.from_numpy(dequantize(codes, start))
-        return objective.exact(w_q, bias), codes, start, bias
+            codes = quantize(hard_weights()[f].numpy(), starts[f])
+            bias = bias_fn()[f].detach().clone()
+        w_q = torch.from_numpy(dequantize(codes, starts[f]))
+        return objective.exact(w_q, bias), codes, starts[f], bias
 
-    optimizer = torch.optim.Adam(learned)
+    optimizer = _adam(learned)
     warmup = int(ADAROUND_WARMUP * iters)
-    best = snapshot()
+    best = [snapshot(f) for f in range(count)]
     every = max(1, iters // CHECKPOINTS)
     for step in range(iters):
         optimizer.zero_grad()
-        h = soft_round()
-        loss = objective.loss(lower + h * gap, bias_fn(), step) / loss_before
+        beta = None
         if step >= warmup:
             progress = (step - warmup) / max(1, iters - warmup)
             beta = ADAROUND_BETA[1] + (ADAROUND_BETA[0] - ADAROUND_BETA[1]) * (1 - progress)
-            loss = loss + ADAROUND_LAMBDA * (1 - (2 * h - 1).abs() ** beta).mean()
+        w_soft, reg = _SoftRound.apply(logits, lower32, gap32, beta, ADAROUND_LAMBDA, count)
+        loss = (objective.losses(w_soft, bias_fn(), step) / norm).sum() + reg
         loss.backward()
         optimizer.step()
         if (step + 1) % every == 0 or step + 1 == iters:
-            best = min(best, snapshot(), key=lambda entry: entry[0])
-    loss_after, codes, qtype, bias = best
-    return codes, qtype, bias, loss_after
+            for f in range(count):
+                entry = snapshot(f)
+                if entry[0] < best[f][0]:
+                    best[f] = entry
+    return [(codes, qtype, bias, loss) for loss, codes, qtype, bias in best]
 
 
 # -- closed-form parameter refit ---------------------------------------------------------------

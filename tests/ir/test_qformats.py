@@ -347,3 +347,27 @@ def test_fit_errors():
         quantize(w.T, qt)
     with pytest.raises(QuantizationError, match="legal codes"):
         dequantize(codes + 100, qt)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 15, 16, 17, 256])
+def test_nearest_level_equals_counting_midpoints(k):
+    """The binary search of _nearest_level is the rule spelled out: the count of the group's
+    midpoints below x, ties low, equal levels mapped to the first (with exact levels, exact
+    midpoints, +-inf and NaN in the input)."""
+    from lowbit.ir.qformats import _nearest_level
+
+    rng = np.random.default_rng(k)
+    groups, n = 7, 3000
+    levels = np.sort(rng.standard_normal((groups, k)), axis=1)
+    if k > 3:
+        levels[:, 2] = levels[:, 1]  # a duplicated level
+    gid = rng.integers(0, groups, n)
+    x = rng.standard_normal(n) * 2
+    mids = (levels[:, 1:] + levels[:, :-1]) / 2
+    x[:groups] = levels[gid[:groups], 0]
+    if k > 1:
+        x[groups:2 * groups] = mids[gid[groups:2 * groups], k // 2 - 1]
+    x[-3:] = [np.inf, -np.inf, np.nan]
+    count = np.count_nonzero(x[:, None] > mids[gid], axis=1)
+    first = np.array([[np.flatnonzero(row == row[j])[0] for j in range(k)] for row in levels])
+    np.testing.assert_array_equal(_nearest_level(x, gid, levels), first[gid, count])

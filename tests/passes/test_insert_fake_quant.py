@@ -254,3 +254,21 @@ def test_skip_source_that_already_is_8bit_codes_is_not_requantized():
     assert g.node_by_name("res2").inputs[0] is g.node_by_name("relu").output
     assert not any(n.name.endswith("skip_fq") for n in g.nodes)
     assert g.node_by_name("res").inputs[0] is a
+
+
+def test_weight_fits_are_remembered_per_array_and_codes_are_copies():
+    """A sensitivity run fits one layer's weights once per candidate: the same array and spec
+    give the same QType from memory, and the codes handed out are private copies."""
+    from lowbit.compiler.recipes import WeightSpec
+    from lowbit.passes import insert_fake_quant as module
+
+    w = np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    spec = WeightSpec("codebook", 4)
+    qtype, codes = module.weight_qtype(w, Op.CONV, spec)
+    codes[...] = 0
+    again, codes2 = module.weight_qtype(w, Op.CONV, spec)
+    assert again is qtype and codes2.any()
+    fresh, _ = module._fit(w.copy(), Op.CONV, spec)
+    assert fresh == qtype
+    other, _ = module.weight_qtype(w.copy(), Op.CONV, spec)  # another array: fitted anew
+    assert other == qtype and other is not qtype

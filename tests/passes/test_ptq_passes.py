@@ -115,3 +115,21 @@ def test_transpose_qtype_matches_transposed_weight(granularity, kind, bits):
     np.testing.assert_array_equal(quantize(w.T, flipped), codes.T)
     np.testing.assert_array_equal(dequantize(codes.T, flipped), dequantize(codes, qtype).T)
     assert transpose_qtype(flipped, w.T.shape) == qtype
+
+
+def test_reconstruct_run_many_equals_run_on_each():
+    """Copies of one model at other weight formats: run_many batches the layers that see the
+    same inputs (the conv of w2a8 and ternary) and leaves every graph as run() does."""
+    recipes = ("w2a8", "ternary", "w4a8")
+    together = [prepared(r) for r in recipes]
+    results = Reconstruct(calib_data(), iters=30, seed=3).run_many(together)
+    assert [r.graph for r in results] == together and all(r.changed for r in results)
+    for recipe, graph in zip(recipes, together):
+        alone = prepared(recipe)
+        Reconstruct(calib_data(), iters=30, seed=3)(alone)
+        assert str(graph) == str(alone)
+        for mine, theirs in zip(quantized_layers(graph), quantized_layers(alone)):
+            assert mine.weight_fq.meta["ptq"] == theirs.weight_fq.meta["ptq"]
+            np.testing.assert_array_equal(mine.weight_fq.inputs[0].const,
+                                          theirs.weight_fq.inputs[0].const)
+    assert all(not r.changed for r in Reconstruct(calib_data(), iters=30).run_many(together))

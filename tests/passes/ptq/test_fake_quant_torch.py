@@ -8,7 +8,13 @@ import torch
 from lowbit.ir.errors import QuantizationError
 from lowbit.ir.qformats import dequantize, fit_weights, quantize
 from lowbit.ir.qtype import Granularity, QKind
-from lowbit.passes.ptq import fake_quant, fake_quant_learnable, quant_params, with_params
+from lowbit.passes.ptq import (
+    fake_quant,
+    fake_quant_learnable,
+    fake_quant_scales,
+    quant_params,
+    with_params,
+)
 
 FORMATS = [
     ("uniform", 2, {}),
@@ -125,3 +131,30 @@ def test_wrong_parameter_shape_is_rejected():
         fake_quant_learnable(torch.from_numpy(w), qtype, torch.ones(3, dtype=torch.float64))
     with pytest.raises(QuantizationError, match="groups"):
         fake_quant(torch.from_numpy(w[:5]), qtype)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES, ids=str)
+@pytest.mark.parametrize("kind,bits,options",
+                         [f for f in FORMATS if f[0] != "codebook"], ids=lambda v: str(v))
+def test_fake_quant_scales_stacks_fake_quant_learnable(kind, bits, options, granularity):
+    w = torch.from_numpy(_weights(2)).to(torch.float64)
+    qtype, _ = fit_weights(w.numpy().astype(np.float32), kind, bits, granularity=granularity,
+                           **options)
+    base = quant_params(qtype, tuple(w.shape))
+    scales = base[None, :] * torch.tensor([0.3, 1.0, 1.25], dtype=torch.float64)[:, None]
+    got = fake_quant_scales(w, qtype, scales)
+    for row in range(3):
+        want = fake_quant_learnable(w, qtype, scales[row])
+        np.testing.assert_array_equal(got[row].numpy(), want.numpy())
+
+
+def test_fake_quant_scales_rejects_codebooks_and_bad_shapes():
+    w = torch.from_numpy(_weights()).to(torch.float64)
+    codebook, _ = fit_weights(w.numpy().astype(np.float32), "codebook", 2,
+                              granularity=Granularity(0))
+    with pytest.raises(QuantizationError, match="codebook"):
+        fake_quant_scales(w, codebook, torch.ones(1, 12, dtype=torch.float64))
+    uniform, _ = fit_weights(w.numpy().astype(np.float32), "uniform", 4,
+                             granularity=Granularity(0))
+    with pytest.raises(QuantizationError, match=r"\(M, 12\)"):
+        fake_quant_scales(w, uniform, torch.ones(12, dtype=torch.float64))

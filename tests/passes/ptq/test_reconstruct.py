@@ -13,7 +13,7 @@ from lowbit.ir.attrs import ConvAttrs
 from lowbit.ir.errors import CalibrationError, QuantizationError, ShapeError
 from lowbit.ir.qformats import dequantize, fit_weights, quantize
 from lowbit.ir.qtype import Granularity
-from lowbit.passes.ptq import ReconstructionResult, reconstruct_layer
+from lowbit.passes.ptq import ReconstructionResult, reconstruct_layer, reconstruct_layers
 
 FORMATS = [
     ("uniform", 2, {}),
@@ -241,3 +241,68 @@ def test_other_granularities(kind, bits, granularity):
     assert len(result.qtype.codebook) == len(qtype.codebook)
     assert after == pytest.approx(result.loss_after, rel=1e-6)
     assert after < 0.9 * result.loss_before
+
+
+@pytest.mark.parametrize("act_fn", [None, "relu"])
+def test_batched_formats_equal_one_format_runs(act_fn):
+    """reconstruct_layers trains the formats as one batch; each result is the one-format run
+    (same objective, same seeded mini-batches, gradients that do not mix)."""
+    w, b, x = _layer(n=24)
+    fits = [fit_weights(w, kind, bits, granularity=Granularity(0), **options)
+            for kind, bits, options in FORMATS[:6]]
+    options = dict(conv_attrs=SAME, act_fn=act_fn, iters=60, max_rows=600, batch_rows=128,
+                   seed=3)
+    together = reconstruct_layers(w, b, x, [q for q, _ in fits],
+                                  init_codes=[c for _, c in fits], **options)
+    for (qtype, codes), batched in zip(fits, together):
+        alone = reconstruct_layer(w, b, x, qtype, init_codes=codes, **options)
+        assert batched.method == alone.method
+        np.testing.assert_array_equal(batched.codes, alone.codes)
+        assert batched.qtype == alone.qtype
+        assert batched.loss_after == pytest.approx(alone.loss_after, rel=1e-6)
+        np.testing.assert_allclose(batched.bias, alone.bias, rtol=1e-5, atol=1e-7)
+    assert any(r.method == "adaround" for r in together)
+
+
+def test_batched_formats_split_above_the_weight_budget(monkeypatch):
+    from lowbit.passes.ptq import reconstruct as module
+
+    w, b, x = _layer(n=16)
+    qtypes = [fit_weights(w, kind, bits, granularity=Granularity(0))[0]
+              for kind, bits in (("uniform", 2), ("ternary", 2), ("uniform", 4))]
+    options = dict(conv_attrs=SAME, act_fn="relu", iters=30, max_rows=400, batch_rows=64)
+    whole = reconstruct_layers(w, b, x, qtypes, **options)
+    monkeypatch.setattr(module, "MAX_BATCH_WEIGHTS", 2 * w.size)  # batches of 2 + 1
+    split = reconstruct_layers(w, b, x, qtypes, **options)
+    for one, two in zip(whole, split):
+        np.testing.assert_array_equal(one.codes, two.codes)
+
+
+@pytest.mark.parametrize("beta", [None, 2.0, 13.7])
+def test_soft_round_backward_equals_autograd(beta):
+    """The written-out backward of AdaRound's soft weights and regulariser (two formats
+    stacked) equals autograd through the textbook formula."""
+    from lowbit.passes.ptq.reconstruct import (
+        ADAROUND_GAMMA,
+        ADAROUND_LAMBDA,
+        ADAROUND_ZETA,
+        _SoftRound,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 300, generator=gen, dtype=torch.float64) * 4).requires_grad_()
+    lower = torch.randn(2, 300, generator=gen, dtype=torch.float64)
+    gap = torch.rand(2, 300, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(2, 300, generator=gen, dtype=torch.float64)
+    w, reg = _SoftRound.apply(logits, lower, gap, beta, ADAROUND_LAMBDA, 2)
+    ((w * upstream).sum() + 0.7 * reg).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    h = (torch.sigmoid(logits) * (ADAROUND_ZETA - ADAROUND_GAMMA) + ADAROUND_GAMMA).clamp(0, 1)
+    ref_w = lower + h * gap
+    ref_reg = torch.zeros((), dtype=torch.float64) if beta is None else sum(
+        ADAROUND_LAMBDA * (1 - (2 * h[f] - 1).abs() ** beta).mean() for f in range(2))
+    ((ref_w * upstream).sum() + 0.7 * ref_reg).backward()
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(reg, ref_reg)
+    torch.testing.assert_close(got, logits.grad)
