@@ -5,9 +5,10 @@ Rule: for every quantized layer of a calibrated fake-quant graph, in graph order
 1. collect the layer's input activations on the calibration data by running the *partially
    quantized* model (the fake-quant simulator, with every earlier layer already
    reconstructed), i.e. exactly what the layer will see after quantization;
-2. call :func:`lowbit.passes.ptq.reconstruct_layer` (``reconstruct_layers``) on the float weight ``W``, the float bias,
-   those inputs and the weight's fitted QType (``kind="conv"`` for Conv, ``"linear"`` for
-   MatMul with ``W`` transposed to ``(N, K)`` and inputs flattened to ``(rows, K)``;
+2. call :func:`lowbit.passes.ptq.reconstruct_layer` (``reconstruct_layers`` for several
+   graphs, :meth:`Reconstruct.run_many`) on the float weight ``W``, the float bias, those
+   inputs and the weight's fitted QType (``kind="conv"`` for Conv, ``"linear"`` for MatMul
+   with ``W`` transposed to ``(N, K)`` and inputs flattened to ``(rows, K)``;
    ``act_fn="relu"`` when the layer's output feeds only a Relu; ``method="adaround"`` by
    default, ``"adaquant"`` on request). It minimises the output MSE
    ``|a(f(x; W, b)) - a(f(x; W_q, b'))|²`` and never returns a result worse than plain rounding;

@@ -97,3 +97,30 @@ def test_without_torch_it_is_the_reference_simulator(monkeypatch):
     want = Interpreter(g).run({"x": x})
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_channels_last_results_feed_numpy_ops_and_the_next_conv():
+    """A 2-D conv returns NCHW arrays with channels-last strides; Relu (torch), Add and the
+    Reshape + MatMul of a head (numpy), and the next conv read them as the reference does."""
+    rng = np.random.default_rng(3)
+    g = Graph("chain")
+    x = g.add_input("x", FLOAT32, (2, 6, 9, 9))
+
+    def const(shape, name):
+        return g.add_const(rng.standard_normal(shape).astype(np.float32), name)
+
+    a = g.make(Op.CONV, x, const((8, 6, 3, 3), "w1"), const(8, "b1"),
+               attrs=ConvAttrs((1, 1), (1, 1, 1, 1), (1, 1), 1), name="c1")
+    r = g.make(Op.RELU, a, name="r1")
+    b = g.make(Op.CONV, r, const((8, 8, 3, 3), "w2"), None,
+               attrs=ConvAttrs((1, 1), (0, 1, 2, 1), (1, 1), 1), name="c2")
+    s = g.make(Op.ADD, b, r, name="add")
+    flat = g.make(Op.RESHAPE, s, attrs=ReshapeAttrs((2, 8 * 9 * 9)), name="flat")
+    g.outputs = [g.make(Op.MATMUL, flat, const((8 * 9 * 9, 5), "wf"), name="fc"), r]
+    feed = {"x": rng.standard_normal((2, 6, 9, 9)).astype(np.float32)}
+    want = Interpreter(g).run(feed)
+    with one_torch_thread():
+        got = FastFakeQuantInterpreter(g).run(feed)
+    assert not got[r.name].flags.c_contiguous  # the channels-last layout came through
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
