@@ -346,12 +346,13 @@ def _nearest_level(x: np.ndarray, gid: np.ndarray, levels: np.ndarray) -> np.nda
     out = np.empty(x.shape, dtype=np.int64)
     for i in range(0, x.size, _CHUNK):
         sl = slice(i, i + _CHUNK)
-        xs, count = x[sl], gid[sl].astype(np.int64) * width  # flat index of the group's row
+        xs, row = x[sl], gid[sl].astype(np.int64) * width  # flat start of the group's row
+        count = row.copy()
         bit = (width + 1) >> 1
         while bit:
             count += bit * (xs > flat[count + (bit - 1)])
             bit >>= 1
-        out[sl] = count - gid[sl].astype(np.int64) * width
+        out[sl] = count - row
     index = np.arange(levels.shape[1])
     starts = np.concatenate([np.ones((levels.shape[0], 1), bool),
                              levels[:, 1:] != levels[:, :-1]], axis=1)

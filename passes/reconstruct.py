@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Op
-from ..ir.attrs import FakeQuantAttrs
+from ..ir.attrs import ConvAttrs, FakeQuantAttrs
 from ..ir.qformats import dequantize, group_index
 from ..ir.qtype import Granularity, QType
 from .base import Pass, PassResult
@@ -152,7 +152,7 @@ class _Job:
     x: np.ndarray
     qtype: QType
     kind: str
-    conv_attrs: object
+    conv_attrs: ConvAttrs | None
     act_fn: str | None
     transposed: bool
 
