@@ -246,20 +246,30 @@ def graph_ms(graph: Graph, target, *, cache_dir=None) -> float:
 def artifact_ms(artifact) -> float:
     """Median ms of a compiled :class:`~lowbit.runtime.artifact.Artifact` on this CPU, one
     thread, random inputs of its manifest shapes and dtypes."""
+    return artifacts_ms([artifact])[0]
+
+
+def artifacts_ms(artifacts) -> list[float]:
+    """:func:`artifact_ms` of several artifacts timed side by side: interleaved rounds
+    (:func:`~lowbit.codegen.select.time_executables`), so their ratios do not carry the
+    1-3 % drift between two timings of one artifact taken minutes apart."""
     from ..runtime.session import load_payload
 
-    rng = np.random.default_rng(0)
-    inputs = []
-    for spec in artifact.inputs:
-        dt = np.dtype(spec.dtype)
-        if np.issubdtype(dt, np.integer):
-            info = np.iinfo(dt)
-            inputs.append(rng.integers(max(info.min, -8), min(info.max, 8) + 1,
-                                       spec.shape).astype(dt))
-        else:
-            inputs.append(rng.standard_normal(spec.shape).astype(dt))
-    inputs += [array for _, array in artifact.weights]
-    return time_executables([(load_payload(artifact.payload), inputs)])[0] / 1000.0
+    items = []
+    for artifact in artifacts:
+        rng = np.random.default_rng(0)
+        inputs = []
+        for spec in artifact.inputs:
+            dt = np.dtype(spec.dtype)
+            if np.issubdtype(dt, np.integer):
+                info = np.iinfo(dt)
+                inputs.append(rng.integers(max(info.min, -8), min(info.max, 8) + 1,
+                                           spec.shape).astype(dt))
+            else:
+                inputs.append(rng.standard_normal(spec.shape).astype(dt))
+        inputs += [array for _, array in artifact.weights]
+        items.append((load_payload(artifact.payload), inputs))
+    return [us / 1000.0 for us in time_executables(items)]
 
 
 def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:
@@ -276,4 +286,5 @@ def remainder_ms(whole_ms: float, layer_ms: Sequence[float]) -> float:
 
 
 __all__ = ["MIN_PARALLEL_LAYERS", "MIN_PARALLEL_NODES", "LayerCosts", "artifact_ms",
+           "artifacts_ms",
            "graph_digest", "graph_ms", "graphs_ms", "layer_costs", "remainder_ms"]

@@ -191,3 +191,28 @@ def test_timing_leaves_this_process_on_all_its_cpus(cnn):
     node = next(n for n in graph.nodes if n.op == Op.QCONV)
     assert select.measure_layer(node, "int8", "x86") > 0
     assert os.sched_getaffinity(0) == before
+
+
+def test_artifacts_ms_times_side_by_side(monkeypatch):
+    """artifacts_ms: every artifact in one interleaved time_executables call, each fed inputs
+    of its manifest's shapes and dtypes; artifact_ms is its one-artifact case."""
+    import lowbit
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    artifact = lowbit.compile(examples / "digits_cnn.onnx", quant="int8",
+                              calib=str(examples / "digits_calib.npz"),
+                              input_shapes={"input": (8, 1, 8, 8)})
+    calls = []
+    real = latency.time_executables
+
+    def spy(items, *args, **kwargs):
+        calls.append([[(a.shape, a.dtype) for a in inputs] for _, inputs in items])
+        return real(items, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "time_executables", spy)
+    ms = latency.artifacts_ms([artifact, artifact])
+    assert len(calls) == 1 and len(calls[0]) == 2 and calls[0][0] == calls[0][1]
+    spec = artifact.inputs[0]
+    assert calls[0][0][0] == (tuple(spec.shape), np.dtype(spec.dtype))
+    assert len(ms) == 2 and all(math.isfinite(t) and t > 0 for t in ms)
+    assert math.isfinite(latency.artifact_ms(artifact)) and len(calls) == 2
