@@ -111,12 +111,30 @@ def fake_quant_scales(w: torch.Tensor, qtype: QType, scales: torch.Tensor) -> to
             f"{qtype.kind.value} scales for a tensor of shape {tuple(w.shape)} must be a "
             f"float64 tensor of shape (M, {n_groups}), got {scales.dtype} "
             f"{tuple(scales.shape)}")
-    gid = torch.from_numpy(gid_np)
+    view = _leading_groups(gid_np, n_groups)
     with torch.no_grad():
-        scale = scales[:, gid]
-        zero_point = _zero_points(qtype, n_groups)[gid]
-        level, _ = _LEVELS[qtype.kind](w.detach().to(torch.float64), scale, zero_point, qtype)
-        return level * scale
+        zero_point = _zero_points(qtype, n_groups)
+        if view is not None:  # broadcast the (M, G) scales, no (M, *w.shape) gather
+            scale, zero_point = scales.reshape(-1, *view), zero_point.reshape(view)
+        else:
+            gid = torch.from_numpy(gid_np)
+            scale, zero_point = scales[:, gid], zero_point[gid]
+        level, _ = _LEVELS[qtype.kind](w.detach().to(torch.float64), scale, zero_point, qtype,
+                                       False)
+        return level.mul_(scale)
+
+
+def _leading_groups(gid: np.ndarray, n_groups: int) -> tuple[int, ...] | None:
+    """The shape that broadcasts a per-group vector over a tensor whose group index is
+    ``gid``, when its groups are whole slices of the leading axis (per tensor: ``(1,)*ndim``;
+    per output channel: ``(C, 1, ...)``); None for other layouts (blocks, other axes)."""
+    if n_groups == 1:
+        return (1,) * gid.ndim
+    if gid.ndim == 0 or gid.shape[0] != n_groups:
+        return None
+    view = (n_groups,) + (1,) * (gid.ndim - 1)
+    return view if np.array_equal(gid, np.broadcast_to(
+        np.arange(n_groups, dtype=gid.dtype).reshape(view), gid.shape)) else None
 
 
 # -- levels (float64, no grad): the code decision of each kind, as in qformats.quantize --------
@@ -131,25 +149,28 @@ def _zero_points(qtype: QType, n_groups: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def _uniform_level(w, scale, zp, qtype):
-    unclamped = torch.round(w / scale) + zp
-    code = unclamped.clamp(qtype.min, qtype.max)
-    inside = (unclamped >= qtype.min) & (unclamped <= qtype.max)
-    return code - zp, inside
+# Each returns ``(level, inside)``: the code's level (value / scale) and where ``w`` lies within
+# the grid's range (the STE mask); with ``need_inside=False`` the mask is None.
+def _uniform_level(w, scale, zp, qtype, need_inside=True):
+    unclamped = torch.round(w / scale).add_(zp)
+    inside = (unclamped >= qtype.min) & (unclamped <= qtype.max) if need_inside else None
+    return unclamped.clamp_(qtype.min, qtype.max).sub_(zp), inside
 
 
-def _binary_level(w, scale, zp, qtype):
+def _binary_level(w, scale, zp, qtype, need_inside=True):
     level = torch.where(w < 0, -1.0, 1.0).to(torch.float64)
-    return level, w.abs() <= scale
+    if level.shape != scale.shape:
+        level = level.expand(torch.broadcast_shapes(level.shape, scale.shape)).clone()
+    return level, w.abs() <= scale if need_inside else None
 
 
-def _ternary_level(w, scale, zp, qtype):
+def _ternary_level(w, scale, zp, qtype, need_inside=True):
     sign = torch.where(w < 0, -1.0, 1.0).to(torch.float64)
     level = torch.where(w.abs() > scale / 2, sign, torch.zeros_like(sign))
-    return level, w.abs() <= scale
+    return level, w.abs() <= scale if need_inside else None
 
 
-def _pow2_level(w, scale, zp, qtype):
+def _pow2_level(w, scale, zp, qtype, need_inside=True):
     n_exp = 1 << (qtype.bits - 1)
     magnitudes = 2.0 ** -torch.arange(n_exp - 1, -1, -1, dtype=torch.float64)
     if not qtype.zero_free:
@@ -159,7 +180,7 @@ def _pow2_level(w, scale, zp, qtype):
     idx = torch.searchsorted(mids, ratio.contiguous(), right=False)
     magnitude = magnitudes[idx]
     negative = (w < 0) & (qtype.zero_free | (idx > 0))
-    return torch.where(negative, -magnitude, magnitude), ratio <= 1.0
+    return torch.where(negative, -magnitude, magnitude), ratio <= 1.0 if need_inside else None
 
 
 _LEVELS = {

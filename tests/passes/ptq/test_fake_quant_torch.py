@@ -158,3 +158,26 @@ def test_fake_quant_scales_rejects_codebooks_and_bad_shapes():
                              granularity=Granularity(0))
     with pytest.raises(QuantizationError, match=r"\(M, 12\)"):
         fake_quant_scales(w, uniform, torch.ones(12, dtype=torch.float64))
+
+
+def test_leading_groups_broadcasts_only_leading_axis_layouts():
+    """fake_quant_scales broadcasts (M, G) scales only where the groups are whole slices of
+    axis 0 (or one group); a square tensor grouped on axis 1 has G == shape[0] but another
+    layout, and must take the gather path."""
+    from lowbit.ir.qformats import group_index
+    from lowbit.passes.ptq.fake_quant_torch import _leading_groups
+
+    shape = (6, 6, 3, 3)
+    assert _leading_groups(*group_index(shape, Granularity())) == (1, 1, 1, 1)
+    assert _leading_groups(*group_index(shape, Granularity(0))) == (6, 1, 1, 1)
+    assert _leading_groups(*group_index(shape, Granularity(1))) is None
+    assert _leading_groups(*group_index(shape, Granularity(1, 2))) is None
+    w = torch.from_numpy(_weights(3, shape)).to(torch.float64)
+    qtype, _ = fit_weights(w.numpy().astype(np.float32), "uniform", 4,
+                           granularity=Granularity(1))
+    scales = quant_params(qtype, shape)[None, :] * torch.tensor([[0.5], [1.0]],
+                                                                dtype=torch.float64)
+    got = fake_quant_scales(w, qtype, scales)
+    for row in range(2):
+        np.testing.assert_array_equal(got[row].numpy(),
+                                      fake_quant_learnable(w, qtype, scales[row]).numpy())

@@ -294,7 +294,8 @@ def test_soft_round_backward_equals_autograd(beta):
     lower = torch.randn(2, 300, generator=gen, dtype=torch.float64)
     gap = torch.rand(2, 300, generator=gen, dtype=torch.float64)
     upstream = torch.randn(2, 300, generator=gen, dtype=torch.float64)
-    w, reg = _SoftRound.apply(logits, lower, gap, beta, ADAROUND_LAMBDA, 2)
+    dgap = gap * (ADAROUND_ZETA - ADAROUND_GAMMA)
+    w, reg = _SoftRound.apply(logits, lower, gap, dgap, beta, ADAROUND_LAMBDA, 2)
     ((w * upstream).sum() + 0.7 * reg).backward()
     got = logits.grad.clone()
     logits.grad = None
