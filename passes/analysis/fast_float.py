@@ -74,6 +74,29 @@ def _as_tensor(x: np.ndarray):
     return torch.from_numpy(x)
 
 
+#: channels-last torch copies of recent conv weights, by the id of their (kept) numpy array
+_WEIGHTS: dict[int, tuple[np.ndarray, object]] = {}
+_WEIGHTS_KEPT = 256
+
+
+def _channels_last_weight(w: np.ndarray):
+    """``w`` as a channels-last torch tensor, made once per weight array: a sensitivity pass
+    runs each float conv of the model a few thousand times with the same weights. The entry
+    holds the array, so its id cannot be reused while cached; the cache is dropped whole when
+    full, and only read-only arrays (graph constants) are cached."""
+    import torch
+
+    entry = _WEIGHTS.get(id(w))
+    if entry is not None and entry[0] is w:
+        return entry[1]
+    wt = torch.from_numpy(np.ascontiguousarray(w)).contiguous(memory_format=torch.channels_last)
+    if not w.flags.writeable:
+        if len(_WEIGHTS) >= _WEIGHTS_KEPT:
+            _WEIGHTS.clear()
+        _WEIGHTS[id(w)] = (w, wt)
+    return wt
+
+
 def _torch_conv(node, inputs) -> np.ndarray:
     """The conv on torch. 2-D convs run channels-last (oneDNN's fast layout on CPU, up to
     2.6x on a 16-channel 64x64 map) and return the channels-last result as an NCHW array
@@ -90,12 +113,11 @@ def _torch_conv(node, inputs) -> np.ndarray:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # read-only arrays: conv never writes
         xt = _as_tensor(x)
-        wt = torch.from_numpy(np.ascontiguousarray(w))
         if nd == 2:
             xt = xt.contiguous(memory_format=torch.channels_last)
-            wt = wt.contiguous(memory_format=torch.channels_last)
+            wt = _channels_last_weight(w)
         else:
-            xt = xt.contiguous()
+            xt, wt = xt.contiguous(), torch.from_numpy(np.ascontiguousarray(w))
         if begins == ends:
             padding = begins
         else:  # F.pad lists the last axis first: (left, right, top, bottom)

@@ -390,7 +390,7 @@ class _QuadraticObjective:
         self._rows32 = None
         if count < k:
             rows = torch.cat(kept).to(torch.float64) / math.sqrt(count)
-            self._rows32 = rows.permute(1, 0, 2).contiguous().float()
+            self._rows32 = rows.permute(1, 2, 0).contiguous().float()  # (G, K, M)
         self._second32 = self.second.float() if self._rows32 is None else None
         self._mean32, self._w_ref32 = self.mean.float(), self.w_ref.float()
         self._b_ref32 = self.b_ref.float()
@@ -412,10 +412,10 @@ class _QuadraticObjective:
         count, k = w.shape[0], self._w_ref32.shape[2]
         dw = w.float().reshape(count, g, o, k) - self._w_ref32
         db = b.float().reshape(count, g, o) - self._b_ref32
-        if self._rows32 is not None:  # (G, M, K) @ (G, K, F·O) -> (G, M, F·O)
+        if self._rows32 is not None:  # (G, F·O, K) @ (G, K, M) -> (G, F·O, M)
             stacked = dw.transpose(0, 1).reshape(g, count * o, k)
-            quad = (torch.matmul(self._rows32, stacked.transpose(1, 2)) ** 2).sum(dim=1)
-            quad = quad.reshape(g, count, o).transpose(0, 1)
+            product = torch.matmul(stacked, self._rows32)
+            quad = (product * product).sum(dim=2).reshape(g, count, o).transpose(0, 1)
         else:
             quad = (torch.matmul(dw, self._second32) * dw).sum(dim=3)
         cross = 2.0 * db * torch.einsum("fgok,gk->fgo", dw, self._mean32)
@@ -473,7 +473,9 @@ class _RowObjective:
 
     def loss(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
         """Epochs of shuffled rows: each epoch draws a fresh permutation (one gather), and
-        step ``step`` trains on the next contiguous window of ``batch`` rows."""
+        step ``step`` trains on the next contiguous window of ``batch`` rows. When one batch
+        holds every row, each step trains on all of them, unshuffled (the order changes only
+        the float summation)."""
         return self.losses(w[None], b[None], step)[0]
 
     def losses(self, w: torch.Tensor, b: torch.Tensor, step: int) -> torch.Tensor:
@@ -483,10 +485,13 @@ class _RowObjective:
         comes out contiguous in their own layout (``rows · Wᵀ`` gives it transposed, and
         every elementwise pass of the soft rounding then ran strided, 3x slower)."""
         windows = max(1, self.rows.shape[1] // self.batch)
-        if step % windows == 0 or self._epoch_rows is None:
+        if windows == 1 and self._epoch_rows is None:  # every step sees all rows, in order
+            self._epoch_rows = self.rows.transpose(1, 2).contiguous()  # (G, K, M)
+            self._epoch_target = self.target.transpose(1, 2)  # (G, O, M)
+        elif windows > 1 and (step % windows == 0 or self._epoch_rows is None):
             order = torch.randperm(self.rows.shape[1], generator=self.generator)
-            self._epoch_rows = self.rows[:, order].transpose(1, 2).contiguous()  # (G, K, M)
-            self._epoch_target = self.target[:, order].transpose(1, 2)  # (G, O, M)
+            self._epoch_rows = self.rows[:, order].transpose(1, 2).contiguous()
+            self._epoch_target = self.target[:, order].transpose(1, 2)
         part = slice((step % windows) * self.batch, (step % windows + 1) * self.batch)
         g, o = self.b_ref.shape
         count, k = w.shape[0], self.rows.shape[2]

@@ -124,3 +124,22 @@ def test_channels_last_results_feed_numpy_ops_and_the_next_conv():
     assert not got[r.name].flags.c_contiguous  # the channels-last layout came through
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
+
+
+def test_conv_weights_are_converted_once_per_read_only_array():
+    """_channels_last_weight: a read-only (graph constant) weight is converted once and the
+    same tensor comes back; a writable array (a fake-quantized weight) is converted every
+    call, so changing it in place is seen."""
+    from lowbit.passes.analysis import fast_float
+
+    rng = np.random.default_rng(0)
+    const = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    const.setflags(write=False)
+    first = fast_float._channels_last_weight(const)
+    assert fast_float._channels_last_weight(const) is first
+    np.testing.assert_array_equal(first.numpy(), const)
+    live = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    fast_float._channels_last_weight(live)
+    live[0] = 7.0
+    np.testing.assert_array_equal(fast_float._channels_last_weight(live).numpy(), live)
+    assert id(live) not in fast_float._WEIGHTS
