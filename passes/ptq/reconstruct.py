@@ -681,9 +681,10 @@ class _SoftRound(torch.autograd.Function):
     written out: with ``u = 2h - 1``, ``∂R/∂h = -2λβ/n · sign(u) |u|^(β-1)`` (``n`` weights
     per format; ``β >= 2``, so 0 at ``u = 0``) and ``∂h/∂V = (ζ - γ) σ(V)(1 - σ(V))`` where
     ``0 < σ(V)·(ζ - γ) + γ < 1``, else 0 (ATen's ``hardtanh_backward`` and
-    ``sigmoid_backward``). Every op is one vectorised pass: no ``pow`` (``exp((β-1) log|u|)``,
-    8x faster here), no bool mask products (a float-by-bool multiply or ``where`` costs 6-8
-    float passes)."""
+    ``sigmoid_backward``). Every op is one vectorised pass. Measured on 885k float32 weights,
+    one thread: ``pow`` with a float exponent 3.6 ms, ``exp((β-1) log|u|)`` 1.0 ms; a
+    float-by-bool multiply 2.1 ms and ``where`` 3.2 ms, a float multiply 0.38 ms -- so no
+    ``pow`` and no bool masks."""
 
     @staticmethod
     def forward(ctx, logits, lower, gap, dgap, beta, lam, count):
