@@ -218,10 +218,12 @@ def tvm_fp32_build(float_path: str, shape: tuple):
 # -- profile ------------------------------------------------------------------------------------
 _CATEGORIES = (  # (category, test on a kernel symbol); the first that matches wins
     ("memory / VM builtins", lambda s: "vm.builtin" in s),
-    ("binarized 3x3 convs: bit-pack + XNOR-popcount (bitserial direct conv)",
-     lambda s: s.startswith("bitserial_")),
-    ("int8 stem conv 7x7/2", lambda s: s.startswith("int8__stem")),
-    ("int8 downsample 1x1 convs", lambda s: s.startswith("int8_") and "down_down" in s),
+    ("binarized 3x3 convs: XNOR-popcount or AMX byte tiles (direct conv)",
+     lambda s: s.startswith("bitserial_") or (s.startswith("amx_") and "_conv" in s)),
+    ("int8 stem conv 7x7/2 (vpdpbusd or AMX)",
+     lambda s: s.startswith(("int8__stem", "amx__stem"))),
+    ("int8 downsample 1x1 convs (vpdpbusd or AMX)",
+     lambda s: s.startswith(("int8_", "amx_")) and "down_down" in s),
     ("int8 FC + logits dequantize", lambda s: "fc_Gemm" in s or "logits" in s),
     ("sign codes: conv epilogue / residual stream -> dequantize -> pre-sign BN -> sign",
      lambda s: "input_fq" in s),

@@ -31,7 +31,8 @@ from pathlib import Path
 from ..ir.errors import LoweringError
 
 #: the /proc/cpuinfo flags lowbit's kernels care about, in a stable order
-X86_FEATURES = ("popcnt", "avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bitalg")
+X86_FEATURES = ("popcnt", "avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx512_bitalg",
+                "amx_tile", "amx_int8")
 
 #: /proc/cpuinfo flag -> LLVM ``mattr`` spelling (used when the host CPU has no LLVM name)
 _LLVM_MATTR = {
@@ -41,7 +42,14 @@ _LLVM_MATTR = {
     "avx512_vnni": "+avx512vnni",
     "avx512_vpopcntdq": "+avx512vpopcntdq",
     "avx512_bitalg": "+avx512bitalg",
+    "amx_tile": "+amx-tile",
+    "amx_int8": "+amx-int8",
 }
+
+#: features always passed as ``mattr``, also with a CPU name: a hypervisor may expose AMX on a
+#: CPU model LLVM names without it (this project's Xeon host reports a Rocket Lake model with
+#: ``amx_tile`` / ``amx_int8`` flags)
+_ALWAYS_MATTR = ("amx_tile", "amx_int8")
 
 _CUDA_ARCHS = ("sm_80", "sm_90")
 
@@ -128,15 +136,19 @@ def _llvm_cpu_name() -> str | None:
 def host_x86_target(flags: tuple[str, ...] | None = None, cpu: str | None = "detect") -> Target:
     """The ``"x86"`` target for this host (``flags`` / ``cpu`` overridable for tests).
 
-    With a CPU name LLVM accepts, ``mcpu`` is that name (it implies the features); without,
-    ``mcpu`` is ``x86-64-v4`` / ``x86-64-v3`` / ``x86-64`` by AVX level and ``mattr`` lists
-    every detected feature, so popcount still lowers to ``popcnt`` / ``vpopcntq``.
+    With a CPU name LLVM accepts, ``mcpu`` is that name (it implies the features; AMX is added
+    as ``mattr`` when the flags have it, :data:`_ALWAYS_MATTR`); without, ``mcpu`` is
+    ``x86-64-v4`` / ``x86-64-v3`` / ``x86-64`` by AVX level and ``mattr`` lists every detected
+    feature, so popcount still lowers to ``popcnt`` / ``vpopcntq``.
     """
     flags = host_x86_flags() if flags is None else tuple(flags)
     if cpu == "detect":
         cpu = _llvm_cpu_name()
     if cpu:
         tvm_target = {"kind": "llvm", "mcpu": cpu}
+        extra = [_LLVM_MATTR[f] for f in _ALWAYS_MATTR if f in flags]
+        if extra:
+            tvm_target["mattr"] = extra
     else:
         level = "x86-64-v4" if "avx512f" in flags else "x86-64-v3" if "avx2" in flags else "x86-64"
         tvm_target = {"kind": "llvm", "mcpu": level,

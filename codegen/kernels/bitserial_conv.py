@@ -59,6 +59,9 @@ from .bitserial import (
 #: lane type the conv's popcounts accumulate in: 64-bit lanes add without narrowing each
 #: ``vpopcntq`` result (int32 lanes cost a ``vpmovqd`` per tap-word)
 POP_DTYPE = "int64"
+#: how the dot products are formed: popcounts of packed words, or AMX byte tiles (:mod:`.amx`,
+#: bipolar x bipolar only)
+ENGINES = ("popcount", "amx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +85,11 @@ class BitConvSpec:
     a_bits: int
     requant: OutputRange | None = None
     pad_code: int = 0
+    engine: str = "popcount"  # or "amx": the XNOR conv on AMX tiles (:mod:`.amx`)
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise LoweringError(f"bitserial conv: engine {self.engine!r}; use one of {ENGINES}")
         if min(self.B, self.C, self.H, self.W, self.N, self.KH, self.KW, *self.strides) < 1:
             raise LoweringError(f"bitserial conv: every size must be >= 1, got {self}")
         if min(self.OH, self.OW) < 1:
@@ -121,10 +127,11 @@ class BitConvSpec:
 
 
 def pack_conv_weights(spec: BitConvSpec, target: Target, w: np.ndarray, *, bias=None,
-                      a_zero_point: int = 0, mult=None, shift=None) -> PackedWeights:
+                      a_zero_point: int = 0, mult=None, shift=None):
     """``w`` (N, C, KH, KW) weight values -> planes ``(w_bits, NT, KH*KW*Cw, T)`` in the tap-major
     K order of the module docstring; ``offset`` / ``mult`` / ``shift`` and every check are
-    :func:`.bitserial.pack_weights` on the same K (its int32 bound proof included)."""
+    :func:`.bitserial.pack_weights` on the same K (its int32 bound proof included). The AMX
+    engine gets :class:`.amx.PackedXnor` (byte tiles) built from the same checks."""
     w = np.asarray(w)
     if w.shape != (spec.N, spec.C, spec.KH, spec.KW) or w.dtype.kind not in "iu":
         raise LoweringError(f"bitserial conv: weights must be integer "
@@ -144,7 +151,12 @@ def pack_conv_weights(spec: BitConvSpec, target: Target, w: np.ndarray, *, bias=
     tiled = np.zeros((spec.w_bits, n_tiles * tile, words.shape[2]), words.dtype)
     tiled[:, :spec.N] = words
     tiled = tiled.reshape(spec.w_bits, n_tiles, tile, -1).transpose(0, 1, 3, 2).copy()
-    return PackedWeights(tiled, gemm.offset, gemm.mult, gemm.shift, W)
+    packed = PackedWeights(tiled, gemm.offset, gemm.mult, gemm.shift, W)
+    if spec.engine == "amx":
+        from . import amx
+
+        return amx.pack_weights(spec, w, packed)
+    return packed
 
 
 def _tir_func(spec: BitConvSpec, word_bits: int):
@@ -278,13 +290,20 @@ def lower(spec: BitConvSpec, target: Target):
     layout of :mod:`.bitserial`)."""
     if target.is_gpu:
         raise LoweringError(f"bitserial conv: no {target.name} schedule; use the im2col layout")
+    if spec.engine == "amx":
+        from . import amx
+
+        return amx.lower(spec, target)
     return _schedule_cpu(_tir_func(spec, target.popcount_bits), spec, target.popcount_bits)
 
 
 @functools.lru_cache(maxsize=64)
 def build(spec: BitConvSpec, target: Target):
     """Compile one conv shape for ``target`` (TVM module, entry ``main``: ``x, planes, offset,
-    [mult, shift], y``)."""
+    [mult, shift], y``; AMX: ``x, wt, off2, [mult, shift], y``)."""
     import tvm
 
-    return tvm.compile(lower(spec, target), target=target.tvm_dict())
+    from ..build import tir_pipeline
+
+    return tvm.compile(lower(spec, target), target=target.tvm_dict(),
+                       tir_pipeline=tir_pipeline(target))

@@ -112,6 +112,9 @@ __all__ = [
 LANES = 16  # channels per weight tile (one 512-bit vpdpbusd result)
 GROUP = 4  # K elements per int32 lane (vpdpbusd / vpmaddubsw+vpmaddwd)
 A_DTYPES = ("uint8", "int8")
+#: how a dense conv's products are formed: the vector paths of :func:`kernel_path`, or AMX
+#: tiles (:func:`.amx.int8_conv_source`; the ``amx`` family's conv entry)
+CONV_ENGINES = ("simd", "amx")
 _INT32_MAX = (1 << 31) - 1
 
 
@@ -816,10 +819,13 @@ class ConvSpec:
     a_dtype: str = "uint8"
     requant: OutputRange | None = None
     acc_shift: int = 0
+    engine: str = "simd"  # or "amx": AMX byte tiles (:mod:`.amx`, CPUs with AMX)
 
     def __post_init__(self):
         if min(self.B, self.C, self.H, self.W, self.OC, self.KH, self.KW, *self.stride) < 1:
             raise LoweringError(f"int8 conv: every size and stride must be >= 1 in {self}")
+        if self.engine not in CONV_ENGINES:
+            raise LoweringError(f"int8 conv: engine {self.engine!r}; use one of {CONV_ENGINES}")
         if min(self.pads) < 0 or self.OH < 1 or self.OW < 1:
             raise LoweringError(f"int8 conv: pads {self.pads} give an empty output in {self}")
         if self.a_dtype not in A_DTYPES or not 2 <= self.w_bits <= 8:
@@ -887,6 +893,15 @@ def pack_conv_weights(spec: ConvSpec, target: Target, w: np.ndarray, *, bias=Non
     if w.shape != (spec.OC, spec.C, spec.KH, spec.KW):
         raise LoweringError(f"int8 conv: weights {w.shape}, spec wants "
                             f"{(spec.OC, spec.C, spec.KH, spec.KW)}")
+    if spec.engine == "amx":  # the same checks and offset on K = (c, kh, kw), AMX tiles
+        from . import amx
+
+        g = Int8Spec(spec.B * spec.OH * spec.OW, spec.C * spec.KH * spec.KW, spec.OC,
+                     spec.w_bits, spec.a_dtype, spec.requant, acc_shift=spec.acc_shift)
+        packed = pack_weights(g, target, w.reshape(spec.OC, -1).T, bias=bias,
+                              a_zero_point=a_zero_point, mult=mult, shift=shift)
+        return PackedWeights(amx.tile_weights(spec, w), packed.offset, packed.mult,
+                             packed.shift, packed.bias)
     if spec.KQ > spec.KW:  # direct: zero taps pad each kernel row to whole 4-byte groups
         w = np.concatenate([w, np.zeros(w.shape[:3] + (spec.KQ - spec.KW,), w.dtype)], 3)
     if spec.channels_packed:  # K = (kh, kw, c)
@@ -991,9 +1006,14 @@ def _direct_k_reads(spec: ConvSpec, g: _Gemm) -> tuple[str, str, str, str]:
 
 
 def lower_conv(spec: ConvSpec, target: Target, zero_point: int = 0):
-    """TIR module of a dense conv (im2col GEMM, NCHW epilogue)."""
+    """TIR module of a dense conv (im2col GEMM, NCHW epilogue; AMX tiles when
+    ``spec.engine == "amx"``)."""
     import tvm
 
+    if spec.engine == "amx":
+        from . import amx
+
+        return amx.lower_int8(spec, target, zero_point)
     return tvm.IRModule({"main": tvm.script.from_source(conv_source(spec, target,
                                                                     zero_point))})
 
@@ -1007,9 +1027,12 @@ def build_conv(spec: ConvSpec, target: Target, zero_point: int) -> Int8Kernel:
 def _build_conv_cached(spec: ConvSpec, target: Target, zero_point: int) -> Int8Kernel:
     import tvm
 
+    from ..build import tir_pipeline
+
     mod = lower_conv(spec, target, zero_point)
-    return Int8Kernel(spec, target, kernel_path(target, spec.w_bits),
-                      tvm.compile(mod, target=target.tvm_dict()))
+    path = "amx" if spec.engine == "amx" else kernel_path(target, spec.w_bits)
+    return Int8Kernel(spec, target, path, tvm.compile(mod, target=target.tvm_dict(),
+                                                      tir_pipeline=tir_pipeline(target)))
 
 
 # -- depthwise conv -------------------------------------------------------------------------------

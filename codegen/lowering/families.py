@@ -29,7 +29,9 @@ Layouts (:attr:`LayerPlan.layout`):
 * ``bitconv``    bitserial family, dense 2-D conv, dilation 1, CPU targets: the direct conv of
   ``kernels/bitserial_conv.py`` (codes packed once per pixel inside the kernel, taps read as
   words; NCHW out); padding reads ``zx``, or +1 for binary codes with the border correction
-  below; bipolar weights x uint activations stay on ``im2col``;
+  below; bipolar weights x uint activations stay on ``im2col``. The ``amx`` family is the same
+  layout and spec with ``engine="amx"`` (binary x binary on AMX byte tiles,
+  ``kernels/amx.py``; CPUs with AMX only, and convolutions only);
 * ``im2col``     any other dense conv (any rank, stride, dilation): a ``te`` im2col
   ``(B, O..., C, k...)`` in the family's activation dtype (padding reads ``zx``, a real 0),
   reshaped to ``(M, K) = (B·ΠO, C·Πk)``; the weights ``(OC, C, k...)`` become
@@ -154,8 +156,23 @@ def _shiftadd_gemm(variant: str):
     return gemm
 
 
+def _amx_gemm(ops: Operands, M, K, N, requant):
+    raise LoweringError("amx computes dense 2-D convolutions only (CPU targets with AMX), not "
+                        "GEMMs or im2col")
+
+
+def _amx_conv(ops: Operands, geo: ConvGeometry, requant):
+    if not _kernels("amx").available(ops.target):
+        raise LoweringError(f"amx needs a CPU with AMX tiles (amx_tile, amx_int8); target "
+                            f"{ops.target.name} has {sorted(ops.target.features)}")
+    spec = replace(_int8_conv(ops, geo, requant), engine="amx")
+    _kernels("amx").check_padding(spec)
+    return spec
+
+
 #: family name -> adapter (a new family registers one here to be usable in graphs)
 ADAPTERS: dict[str, Adapter] = {
+    "amx": Adapter("amx", _amx_gemm, _amx_conv),
     "bitserial": Adapter("bitserial", _bitserial_gemm),
     "int8": Adapter("int8", _int8_gemm, _int8_conv, _int8_depthwise),
     "lut": Adapter("lut", _lut_gemm),
@@ -250,7 +267,9 @@ def plan_layer(node: Node, family: str, target) -> LayerPlan:
         if a.group == 1:
             layouts = ["im2col"]
             if len(a.strides) == 2 and set(a.dilations) == {1}:
-                if adapter.conv is not None and not target.is_gpu:  # GPU: im2col + GEMM
+                if family == "amx" and _binary(a_q) and _binary(w_q):
+                    layouts.insert(0, "bitconv")  # the XNOR engine; else int8's conv entry
+                elif adapter.conv is not None and not target.is_gpu:  # GPU: im2col + GEMM
                     layouts.insert(0, "conv")
                 elif family == "bitserial" and not target.is_gpu:
                     layouts.insert(0, "bitconv")
@@ -273,7 +292,7 @@ def plan_layer(node: Node, family: str, target) -> LayerPlan:
     errors = []
     for layout in layouts:
         # int8's GEMM / conv epilogue shifts the accumulator itself (int64, then the bias)
-        shifts = family == "int8" and layout in ("gemm", "conv") and not rq.accumulates
+        shifts = family in ("int8", "amx") and layout in ("gemm", "conv") and not rq.accumulates
         fused_ok = (a.acc_shift == 0 or shifts) and not rq.binary and layout != "im2col"
         fused_ok = fused_ok and not (geo is not None and _binary(a_q) and any(geo.pads))
         for fused in ((True, False) if fused_ok else (False,)):
@@ -309,11 +328,18 @@ def _make_plan(node, family, adapter, layout, fused, ops, geo, gemm_shape) -> La
             return module.lower(spec, target)["main"]
     elif layout == "bitconv":
         bc = _kernels("bitserial_conv")
-        g = adapter.gemm(ops, M, K, N, requant)
+        engine = "amx" if family == "amx" else "popcount"
+        if engine == "amx" and not _kernels("amx").available(target):
+            raise LoweringError(f"amx needs a CPU with AMX tiles (amx_tile, amx_int8); target "
+                                f"{target.name} has {sorted(target.features)}")
+        g = _bitserial_gemm(ops, M, K, N, requant)  # the same operand formats
         (B, C, H, W), (_, _, KH, KW) = geo.x_shape, geo.w_shape
         pad_code = 1 if _binary(ops.a_qtype) else int(rq.in_zero_point)
         spec = bc.BitConvSpec(B, C, H, W, N, KH, KW, tuple(geo.strides), tuple(geo.pads),
-                              g.w_format, g.w_bits, g.a_format, g.a_bits, requant, pad_code)
+                              g.w_format, g.w_bits, g.a_format, g.a_bits, requant, pad_code,
+                              engine)
+        if engine == "amx":
+            _kernels("amx").check_padding(spec)
         packed = bc.pack_conv_weights(spec, target, node.inputs[1].const, **kw)
 
         def lower():
@@ -333,7 +359,7 @@ def _make_plan(node, family, adapter, layout, fused, ops, geo, gemm_shape) -> La
 
             def lower():
                 return int8.lower_depthwise(spec, target, zx)["main"]
-    weights = next(getattr(packed, f) for f in ("planes", "wq", "weights", "w")
+    weights = next(getattr(packed, f) for f in ("planes", "wq", "weights", "w", "wt")
                    if hasattr(packed, f))
     params = [weights, packed.offset]
     if ops.acc_shift:

@@ -85,9 +85,17 @@ def _compiled(quant: str, select: bool):
         if select:
             from lowbit.codegen.select import select_kernels
 
-            choices = select_kernels(g, "x86", measure=False)
+            forced = ({n.name: "amx" for n in _binary_layers(g)} if select == "amx" else None)
+            choices = select_kernels(g, "x86", measure=False, forced=forced)
         _CACHE[key] = (g, build(g, "x86"), choices)
     return _CACHE[key]
+
+
+def _host_has_amx() -> bool:
+    from lowbit.codegen.kernels import amx
+    from lowbit.codegen.target import resolve_target
+
+    return amx.available(resolve_target("x86"))
 
 
 def _images() -> np.ndarray:
@@ -137,14 +145,19 @@ def test_sign_activations_carry_information():
 
 
 @pytest.mark.parametrize(("quant", "select"),
-                         [("w1a1", False), ("w1a1", True), ("int8", True)],
-                         ids=["w1a1-reference", "w1a1-families", "int8-families"])
+                         [("w1a1", False), ("w1a1", True), ("int8", True),
+                          pytest.param("w1a1", "amx", marks=pytest.mark.skipif(
+                              not _host_has_amx(), reason="host CPU has no AMX tiles"))],
+                         ids=["w1a1-reference", "w1a1-families", "int8-families", "w1a1-amx"])
 def test_compiled_equals_integer_simulator(quant, select):
     graph, ex, choices = _compiled(quant, select)
     if select:
         families = sorted(c.family for c in choices.values())
         print(f"{quant}: kernel families {families}")
-        if quant == "w1a1":  # the one-padded binary convs go to bit-serial XNOR-popcount
+        if select == "amx":  # the 16 binary convs forced onto AMX tiles
+            assert families.count("amx") == 16, families
+            assert families.count("int8") == 5, families
+        elif quant == "w1a1":  # the one-padded binary convs go to bit-serial XNOR-popcount
             assert families.count("bitserial") == 16, families
             assert families.count("int8") == 5, families
         else:

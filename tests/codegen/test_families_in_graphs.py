@@ -309,6 +309,35 @@ def test_layers_no_family_takes():
 
 @pytest.mark.parametrize("stride,pads,binary_out", [(1, (1, 1, 1, 1), True),
                                                     (2, (0, 1, 2, 1), False)])
+def test_binary_activations_padded_conv_on_amx_tiles(stride, pads, binary_out):
+    """The same layer shape class on the amx family (64 -> 32 channels: whole tiles), on a
+    CPU with AMX: the +1 padding codes and the border correction as on bitserial."""
+    from lowbit.codegen.kernels import amx
+
+    if not amx.available(host()):
+        pytest.skip("host CPU has no AMX tiles")
+    rng = np.random.default_rng(stride)
+    B, C, H, W, OC, k = 2, 64, 6, 7, 32, 3
+    OH = (H + pads[0] + pads[2] - k) // stride + 1
+    OW = (W + pads[1] + pads[3] - k) // stride + 1
+    binary = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    rq = (Requant(0, (), (), 0, DType.int(2), -1, 1, binary=True) if binary_out else
+          Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1))
+    g = conv_graph((B, C, H, W), rng.choice([-1, 1], (OC, C, k, k)), rng.integers(-9, 9, OC),
+                   rq, {"strides": (stride, stride), "pads": pads, "dilations": (1, 1),
+                        "group": 1, "acc_shift": 1}, binary, binary, (B, OC, OH, OW))
+    node = g.nodes[0]
+    plan = plan_layer(node, "amx", host())
+    assert plan.layout == "bitconv" and plan.spec.engine == "amx" and plan.border is not None
+    assert candidates(node, host())[0] == ["amx", "bitserial", "reference"]
+    node.meta["kernel"] = "amx"
+    x = rng.choice(np.array([-1, 1], np.int8), (B, C, H, W))
+    assert len(np.unique(lowbit.run_reference(g, {"x": x})["y"])) > 1
+    assert_bit_exact(g, {"x": x})
+
+
+@pytest.mark.parametrize("stride,pads,binary_out", [(1, (1, 1, 1, 1), True),
+                                                    (2, (0, 1, 2, 1), False)])
 def test_binary_activations_padded_conv(stride, pads, binary_out):
     """w1a1 conv with padding on bitserial XNOR-popcount (direct conv, and im2col when forced by
     dilation): the padding holds +1 codes and the epilogue subtracts the border taps (the real
@@ -328,6 +357,7 @@ def test_binary_activations_padded_conv(stride, pads, binary_out):
     node = g.nodes[0]
     plan = plan_layer(node, "bitserial", host())
     assert plan.layout == "bitconv" and plan.pad_code == 1 and plan.border is not None
+    # 37 -> 9 channels would pad to 64 -> 32 on AMX tiles: that family refuses the layer
     assert candidates(node, host())[0] == ["bitserial", "reference"]
     node.meta["kernel"] = "bitserial"
     x = rng.choice(np.array([-1, 1], np.int8), (B, C, H, W))

@@ -93,7 +93,7 @@ def test_manifest_plan_and_specs(compiled):
         details = dict(row.details)
         # the plan records the family select_kernels measured fastest for each layer
         assert row.kernel == result.graph.node_by_name(row.layer).meta["kernel"]
-        assert row.kernel in {"int8", "lut", "bitserial", "shiftadd", "shiftadd_int8",
+        assert row.kernel in {"int8", "lut", "bitserial", "shiftadd", "shiftadd_int8", "amx",
                               "reference"} and row.op in ("QConv", "QMatMul")
         assert details["format"] == "uniform" and details["a_bits"] == 8
         assert details["acc"] in ("int32", "int64")

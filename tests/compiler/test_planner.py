@@ -55,7 +55,8 @@ def test_costs_are_measured_for_every_layer_and_candidate(planner):
     assert costs.ms.shape == (4, len(CANDS))
     assert np.all(np.isfinite(costs.ms)) and np.all(costs.ms > 0)
     families = {f for row in costs.family for f in row}
-    assert families <= {"int8", "bitserial", "lut", "shiftadd", "shiftadd_int8", "reference"}
+    assert families <= {"int8", "bitserial", "lut", "shiftadd", "shiftadd_int8", "amx",
+                        "reference"}
     # the rest may be negative (layers timed alone pay what the whole model fuses), never
     # more negative than the layers themselves
     assert planner.remainder_ms is not None
