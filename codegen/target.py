@@ -118,8 +118,26 @@ def host_x86_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...]:
     for line in path.read_text().splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
+            if not _amx_permitted():  # the CPU has tiles, the kernel will not hand them out
+                flags -= set(_ALWAYS_MATTR)
             return tuple(f for f in X86_FEATURES if f in flags)
     return ()
+
+
+@functools.cache
+def _amx_permitted() -> bool:
+    """True when Linux grants this process the AMX tile state
+    (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`` returns 0; Linux >= 5.16). The
+    ``amx`` kernels ask for it themselves on their first call; a refusal there would fault."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _llvm_cpu_name() -> str | None:

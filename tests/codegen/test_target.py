@@ -77,3 +77,15 @@ def test_target_is_frozen_and_hashable():
     assert hash(t) == hash(resolve_target("arm64")) and t == resolve_target("arm64")
     with pytest.raises(LoweringError, match="popcount_bits"):
         Target("bad", (("kind", "llvm"),), frozenset(), 16)
+
+
+def test_amx_flags_add_mattr_to_a_named_cpu():
+    """A hypervisor may report a CPU model LLVM names without AMX (this project's Xeon: a
+    Rocket Lake model with amx_tile / amx_int8 flags): the features still reach LLVM."""
+    flags = ("popcnt", "avx2", "avx512f", "amx_tile", "amx_int8")
+    t = host_x86_target(flags=flags, cpu="rocketlake")
+    assert t.tvm_dict() == {"kind": "llvm", "mcpu": "rocketlake",
+                            "mattr": ["+amx-tile", "+amx-int8"]}
+    assert {"amx_tile", "amx_int8"} <= t.features
+    plain = host_x86_target(flags=("popcnt", "avx2"), cpu="haswell")
+    assert "mattr" not in plain.tvm_dict()
