@@ -209,3 +209,52 @@ def test_padding_rule():
     amx.check_padding(k8.ConvSpec(1, 60, 8, 8, 64, 3, 3))  # 64/60 channels
     with pytest.raises(LoweringError, match="whole tiles"):
         amx.check_padding(k8.ConvSpec(1, 32, 8, 8, 32, 3, 3))  # 64/32 channels
+
+
+RUNTIME_ONLY = """
+import sys
+import numpy as np
+import tvm
+from lowbit.runtime.session import Session
+assert tvm.base._RUNTIME_ONLY, "not in runtime-only mode"
+(y,) = Session(sys.argv[1], threads=2).run(None, {"x": np.load(sys.argv[2])})
+np.save(sys.argv[3], y)
+"""
+
+
+@needs_amx
+def test_artifact_runs_under_runtime_only_tvm(tmp_path):
+    """A compiled model whose conv runs on tiles (forced by the recipe) saved as .lbx, loaded
+    with TVM's runtime alone in a fresh process (the tile permission is the kernel's own
+    request) on two threads: equal to the integer simulator."""
+    import os
+    import subprocess
+    import sys
+
+    import lowbit
+    from lowbit.compiler.recipes import LayerOverride, preset
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (64, 64, 3, 3)).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             [1, 64, 12, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             [1, 64, 12, 12])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = {"x": rng.normal(0, 1, (4, 64, 12, 12)).astype(np.float32)}
+    recipe = replace(preset("int8"), nodes={"conv": LayerOverride(kernel="amx")})
+    onnx_bytes = model.SerializeToString()
+    art = lowbit.compile(onnx_bytes, target="x86", recipe=recipe, calib=calib)
+    assert [row.kernel for row in art.plan] == ["amx"]
+    path = art.save(tmp_path / "m.lbx")
+    x = calib["x"][:1]
+    np.save(tmp_path / "x.npy", x)
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, env=env, capture_output=True)
+    graph_q = lowbit.quantize(onnx_bytes, quant="int8", calib=calib)
+    want = lowbit.run_reference(graph_q, {"x": x})["y"]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-6, atol=1e-6)
