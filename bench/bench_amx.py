@@ -6,7 +6,8 @@ tiles, the epilogue), each contender checked equal to the other before it is tim
 * binary x binary 3x3 convs (the ResNet-18 block shapes, accumulator out as in the binarized
   ResNet): ``bitserial`` popcount direct conv vs ``amx`` (XNOR on byte tiles);
 * int8 convs (3x3 blocks, 1x1 downsamples, the 7x7/2 stem, requant to u8): the int8 family's
-  ``vpdpbusd`` kernel vs ``amx``.
+  ``vpdpbusd`` kernel vs ``amx``;
+* int8 GEMMs (M in 16, 128): the same, through the family's GEMM entry.
 
 Rounds interleave the two contenders; medians. Needs a CPU with AMX (``amx_tile``,
 ``amx_int8``); exits with a message elsewhere. Run: ``python bench/bench_amx.py``.
@@ -27,6 +28,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 XNOR = [  # (C, H, N, stride)
     (64, 56, 64, 1), (64, 56, 128, 2), (128, 28, 128, 1), (128, 28, 256, 2),
     (256, 14, 256, 1), (256, 14, 512, 2), (512, 7, 512, 1)]
+GEMM = [(16, 4096, 4096), (128, 768, 3072), (128, 4096, 4096), (16, 768, 3072)]
 INT8 = [  # (C, H, N, k, stride, pad)
     (3, 224, 64, 7, 2, 3), (64, 56, 64, 3, 1, 1), (128, 28, 128, 3, 1, 1),
     (256, 14, 256, 3, 1, 1), (512, 7, 512, 3, 1, 1), (64, 56, 128, 1, 2, 0),
@@ -73,6 +75,7 @@ def xnor_row(C, H, N, stride, target, rng):
 
 
 def int8_row(C, H, N, k, stride, pad, target, rng):
+    import tvm
     from lowbit.codegen.kernels import int8 as k8
     from lowbit.codegen.kernels.common import OutputRange
 
@@ -85,12 +88,42 @@ def int8_row(C, H, N, k, stride, pad, target, rng):
     fns, outs = [], []
     for engine in ("simd", "amx"):
         s = replace(spec, engine=engine)
-        layer = k8.build_conv(s, target, 3).bind(k8.pack_conv_weights(s, target, w, **kw))
+        kernel = k8.build_conv(s, target, 3)
+        layer = kernel.bind(k8.pack_conv_weights(s, target, w, **kw))
         outs.append(layer(x))
-        fns.append(lambda layer=layer: layer(x))
+        # resident tensors, as in a compiled model (no numpy conversion per call)
+        x_t = tvm.runtime.tensor(x)
+        y_t = tvm.runtime.tensor(np.empty(s.out_shape, s.out_dtype))
+        fns.append(lambda fn=kernel.lib["main"], p=layer.params, x_t=x_t, y_t=y_t:
+                   fn(x_t, *p, y_t))
     if not np.array_equal(*outs):
         raise SystemExit(f"int8 {C}->{N} {k}x{k} at {H}²: amx differs from vpdpbusd")
     return interleaved(fns)
+
+
+def gemm_row(M, K, N, target, rng):
+    import tvm
+    from lowbit.codegen.kernels import int8 as k8
+    from lowbit.codegen.kernels.common import OutputRange
+
+    spec = k8.Int8Spec(M, K, N, requant=OutputRange(0, 0, 255))
+    w = rng.integers(-128, 128, (K, N))
+    x = rng.integers(0, 256, (M, K)).astype(np.uint8)
+    kw = {"bias": rng.integers(-999, 999, N), "a_zero_point": 3,
+          "mult": np.full(N, 1 << 29), "shift": np.full(N, 40)}
+    fns, outs = [], []
+    for engine in ("simd", "amx"):
+        s = replace(spec, engine=engine)
+        kernel = k8.build(s, target)
+        layer = kernel.bind(k8.pack_weights(s, target, w, **kw))
+        outs.append(layer(x))
+        x_t = tvm.runtime.tensor(x)
+        y_t = tvm.runtime.tensor(np.empty(s.out_shape, s.out_dtype))
+        fns.append(lambda fn=kernel.lib["main"], p=layer.params, x_t=x_t, y_t=y_t:
+                   fn(x_t, *p, y_t))
+    if not np.array_equal(*outs):
+        raise SystemExit(f"int8 GEMM {M}x{K}x{N}: amx differs from vpdpbusd")
+    return interleaved(fns, calls=5)
 
 
 def main() -> int:
@@ -117,6 +150,11 @@ def main() -> int:
         simd, tiles = int8_row(C, H, N, k, s, p, target, rng)
         print(f"| {C}->{N} {k}x{k}/{s} at {H}² | {simd:.1f} | {tiles:.1f} | "
               f"{simd / tiles:.2f}x |", flush=True)
+    print("\n| int8 GEMM, requant to u8 | vpdpbusd (int8) | amx | int8 / amx |")
+    print("|---|---:|---:|---:|")
+    for M, K, N in GEMM:
+        simd, tiles = gemm_row(M, K, N, target, rng)
+        print(f"| {M}x{K}x{N} | {simd:.1f} | {tiles:.1f} | {simd / tiles:.2f}x |", flush=True)
     return 0
 
 

@@ -83,11 +83,36 @@ def _rounds(runners: dict, number: int, repeat: int) -> dict:
 
 
 def _report(title: str, med: dict) -> None:
-    base = med["lowbit int8"]
+    """Each contender's median; every other row with the ratio against each lowbit row
+    (``lowbit int8`` and, on AMX CPUs, ``lowbit int8 amx``)."""
+    ours = [name for name in med if name.startswith("lowbit")]
     print(title)
     for name, t in med.items():
-        ratio = "" if name == "lowbit int8" else f"   lowbit is {t / base:5.2f}x faster"
+        ratio = "" if name in ours else "".join(
+            f"   {o.removeprefix('lowbit ')} is {t / med[o]:5.2f}x faster" for o in ours)
         print(f"  {name:22s} {t * 1e3:8.3f} ms{ratio}")
+
+
+def _amx_runner(spec, target, build, pack, x, want):
+    """The layer on the ``amx`` family's tiles (same spec, ``engine="amx"``), checked equal
+    to ``want``; None where the CPU has no AMX or the family refuses the shape."""
+    from dataclasses import replace
+
+    from lowbit.codegen.kernels import amx
+    from lowbit.ir.errors import LoweringError
+
+    if not amx.available(target):
+        return None
+    spec = replace(spec, engine="amx")
+    try:
+        (amx.check_gemm_padding if hasattr(spec, "M") else amx.check_padding)(spec)
+    except LoweringError as err:
+        print(f"  (amx: {err})")
+        return None
+    kernel, packed = build(spec), pack(spec)
+    if not np.array_equal(kernel(x, packed), want):
+        raise SystemExit(f"amx differs from the vector kernel on {spec}")
+    return _lowbit_runner(kernel, packed, x)
 
 
 def bench_gemm(M, K, N, target, args) -> None:
@@ -99,8 +124,10 @@ def bench_gemm(M, K, N, target, args) -> None:
     w = rng.integers(-lim + 1, lim, (K, N)).astype(np.int8)
     zx = 128
     spec = k8.Int8Spec(M, K, N, args.bits, "uint8", k8.OutputRange(0, 0, 255))
-    packed = k8.pack_weights(spec, target, w, bias=rng.integers(-999, 999, N), a_zero_point=zx,
-                             mult=rng.integers(1 << 30, 1 << 31, N), shift=45)
+    mult = rng.integers(1 << 30, 1 << 31, N)
+    rng2 = np.random.default_rng(7)
+    packed = k8.pack_weights(spec, target, w, bias=np.random.default_rng(7).integers(
+        -999, 999, N), a_zero_point=zx, mult=mult, shift=45)
     kernel = k8.build(spec, target)
     fp32, int8, ref = ort_matmul(x, w, zx, args.threads)
     acc_spec = k8.Int8Spec(M, K, N, args.bits)
@@ -110,9 +137,15 @@ def bench_gemm(M, K, N, target, args) -> None:
     if not np.array_equal(ref, exact):  # MLAS's AVX2 u8s8 kernel saturates in vpmaddubsw
         print(f"  note: ORT MatMulInteger is not exact on this CPU (max |error| "
               f"{int(np.abs(ref - exact).max())}); lowbit is")
-    med = _rounds({"lowbit int8": _lowbit_runner(kernel, packed, x),
-                   "ORT int8 MatMulInteger": int8, "ORT fp32 MatMul": fp32},
-                  args.number, args.repeat)
+    runners = {"lowbit int8": _lowbit_runner(kernel, packed, x)}
+    tiles = _amx_runner(spec, target, lambda s: k8.build(s, target),
+                        lambda s: k8.pack_weights(s, target, w, bias=rng2.integers(-999, 999, N),
+                                                  a_zero_point=zx, mult=mult, shift=45),
+                        x, kernel(x, packed))
+    if tiles is not None:
+        runners["lowbit int8 amx"] = tiles
+    runners.update({"ORT int8 MatMulInteger": int8, "ORT fp32 MatMul": fp32})
+    med = _rounds(runners, args.number, args.repeat)
     _report(f"{M}x{K}x{N}  path={kernel.path}  block={spec.block_for(kernel.path)}  "
             f"threads={args.threads}",
             med)
@@ -140,6 +173,13 @@ def bench_conv(target, args) -> None:
                                                shift=45)
             kernel = k8.build_depthwise(spec, target, zx)
         runners = {"lowbit int8": _lowbit_runner(kernel, packed, x)}
+        if group == 1:
+            tiles = _amx_runner(spec, target, lambda s: k8.build_conv(s, target, zx),
+                                lambda s: k8.pack_conv_weights(s, target, w, a_zero_point=zx,
+                                                               mult=1 << 30, shift=45),
+                                x, kernel(x, packed))
+            if tiles is not None:
+                runners["lowbit int8 amx"] = tiles
         ort = ort_conv(x, w, zx, spec.stride, spec.pads, group, args.threads)
         runners["ORT fp32 Conv"] = ort[0]
         if len(ort) > 1:

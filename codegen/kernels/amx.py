@@ -1,6 +1,6 @@
-"""The ``amx`` kernel family: dense 2-D convolutions on Intel AMX tiles (``tdpbsud``).
+"""The ``amx`` kernel family: dense 2-D convolutions and GEMMs on Intel AMX tiles.
 
-Computes, bit-exactly, two layers that other families compute with vector instructions:
+Computes, bit-exactly, three layers that other families compute with vector instructions:
 
 * the bit-serial XNOR conv of :mod:`.bitserial_conv` (``w_format == a_format ==
   "bipolar"``), with the sign codes as bytes ``b = (x + 1) / 2`` in {0, 1} and the weights as
@@ -17,7 +17,10 @@ Computes, bit-exactly, two layers that other families compute with vector instru
 * the int8 family's dense conv (:class:`.int8.ConvSpec` with ``engine="amx"``): ``A = sum u *
   w`` over the activation bytes ``u`` (int8 codes as ``x ^ 0x80``, padding ``z_u``) and the
   int2..int8 weights, then the int8 family's own epilogue (wrapped ``offset``, ``acc_shift``
-  and ``bias``, dyadic requant), so the output equals its ``vpdpbusd`` kernels'.
+  and ``bias``, dyadic requant), so the output equals its ``vpdpbusd`` kernels';
+* the int8 family's GEMM (:class:`.int8.Int8Spec` with ``engine="amx"``, QMatMul layers and
+  im2col convs): ``tdpbusd`` of 16 activation rows (bytes, K padded to 64) by the weights in
+  VNNI order, the same epilogue (:func:`int8_gemm_source`).
 
 ``A`` is exact in int32 (the families' own bound checks run when the weights are packed).
 
@@ -47,12 +50,12 @@ run across rows; columns ``ow >= OW`` are computed and dropped) or *rowwise* (``
 rounded up to 16; a tile never leaves its row). Channels are padded to 64 (zero weights, zero
 bytes), output channels to 32.
 
-Measured on this project's Xeon (one thread, whole layer; BENCHMARKS.md): 3x3 int8 convs
-2.0-2.7x faster than the ``vpdpbusd`` kernel (56²·64 0.59 -> 0.25 ms), the 7x7/2 stem at 224²
-0.93 -> 0.44 ms; XNOR convs 1.0-1.2x the popcount kernel (56²·64 140 -> 121 us: a tile load per
-``tdpbsud`` bounds it, and the byte weights of 7²·512 miss L2). 1x1 convs and the digits
-models' 8x8 maps gain nothing. Kernel selection times both families per layer shape and keeps
-the faster.
+Measured on this project's Xeon (one thread, whole layer, resident tensors; BENCHMARKS.md):
+3x3 int8 convs 3.2-3.7x faster than the ``vpdpbusd`` kernel (56²·64 0.50 -> 0.15 ms), the 7x7/2
+stem at 224² 0.72 -> 0.42 ms, GEMMs 1.4-3.5x at M >= 16 (128x4096x4096 6.3 -> 1.8 ms); XNOR
+convs 1.1-1.25x the popcount kernel at stride 1 (56²·64 133 -> 110 us: a tile load per
+``tdpbsud`` bounds it) and slower at stride 2 and on 7²·512 (its byte weights miss L2).
+Kernel selection times the families per layer shape and keeps the fastest.
 
 Entry: ``x (B, C, H, W), w / wt, offset / off2, [bias], [mult, shift], y``. The first
 statement asks Linux for the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
@@ -62,7 +65,7 @@ instruction faults. Targets: x86 with ``amx_tile`` and ``amx_int8`` (:func:`avai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -466,8 +469,14 @@ def _module(source: str, target: Target):
 
 
 def lower(spec, target: Target):
-    """The IRModule of :func:`xnor_conv_source` for an AMX ``target`` (normally reached via
-    :func:`.bitserial_conv.lower` with ``spec.engine == "amx"``)."""
+    """The IRModule of ``spec`` for an AMX ``target``: :func:`xnor_conv_source` of a
+    bit-serial conv spec (normally reached via :func:`.bitserial_conv.lower` with ``spec.engine
+    == "amx"``), or :func:`int8_gemm_source` of an ``int8.Int8Spec`` (the family's GEMM
+    entry in graphs)."""
+    from . import int8
+
+    if isinstance(spec, int8.Int8Spec):
+        return _module(int8_gemm_source(replace(spec, engine="amx")), target)
     return _module(xnor_conv_source(spec), target)
 
 
@@ -475,6 +484,127 @@ def lower_int8(spec, target: Target, zero_point: int):
     """The IRModule of :func:`int8_conv_source` (via :func:`.int8.lower_conv` with
     ``spec.engine == "amx"``)."""
     return _module(int8_conv_source(spec, zero_point), target)
+
+
+# -- the int8 family's GEMM on tiles ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GemmGeometry:
+    """An ``(M, K) x (K, N)`` GEMM in tiles: rows padded to whole 32-row pairs (``MP``), K to
+    64 (``KP``), N to 32 (``NP``)."""
+
+    MP: int
+    KP: int
+    NP: int
+
+    @property
+    def KC(self) -> int:
+        return self.KP // TILE_K
+
+
+def gemm_geometry(spec) -> GemmGeometry:
+    return GemmGeometry(-(-spec.M // 32) * 32, -(-spec.K // TILE_K) * TILE_K,
+                        -(-spec.N // 32) * 32)
+
+
+def gemm_weight_shape(spec) -> tuple[int, int, int, int]:
+    """``(NP/16, KP/64, 16, 64)`` int8: per 16-channel tile and 64-deep K chunk, the VNNI B
+    tile (row ``k4``, bytes ``4 * n + i`` = ``w[k4 * 4 + i, n]``)."""
+    g = gemm_geometry(spec)
+    return (g.NP // TILE_ROWS, g.KC, TILE_ROWS, TILE_K)
+
+
+def tile_gemm_weights(spec, w: np.ndarray) -> np.ndarray:
+    """(K, N) integer weights -> :func:`gemm_weight_shape` (padding 0)."""
+    g = gemm_geometry(spec)
+    full = np.zeros((g.KP, g.NP), np.int8)
+    full[:spec.K, :spec.N] = w
+    # [kc, k4, i, nt, n] -> [nt, kc, k4, n, i]
+    return np.ascontiguousarray(full.reshape(g.KC, TILE_ROWS, 4, g.NP // TILE_ROWS, TILE_ROWS)
+                                .transpose(3, 0, 1, 4, 2)).reshape(gemm_weight_shape(spec))
+
+
+def check_gemm_padding(spec) -> None:
+    """:class:`LoweringError` when whole tiles pad the weights by more than
+    :data:`MAX_PADDING` (``KP * NP`` against ``K * N``) or the GEMM has fewer than 16 rows (a
+    tile of 16 rows would compute mostly padding: the vector GEMV kernels take it)."""
+    g = gemm_geometry(spec)
+    ratio = g.KP * g.NP / (spec.K * spec.N)
+    if ratio > MAX_PADDING:
+        raise LoweringError(f"amx: a {spec.K}x{spec.N} weight pads to {g.KP}x{g.NP} in whole "
+                            f"tiles ({ratio:.2f}x); the vector kernels take it")
+    if spec.M < TILE_ROWS:
+        raise LoweringError(f"amx: {spec.M} rows fill less than one 16-row tile; the vector "
+                            f"GEMV kernels take it")
+
+
+def int8_gemm_source(spec) -> str:
+    """TVMScript of an int8-family GEMM (``int8.Int8Spec``) on AMX tiles: ``A`` tiles are 16
+    rows of the activation bytes (``xp``, K padded with zeros; int8 codes as ``x ^ 0x80``), ``B``
+    tiles the weights in VNNI order, ``tdpbusd`` (u8 x s8); the int8 family's epilogue per
+    32 x 32 block, vectorized along the output row."""
+    from . import int8
+
+    g = gemm_geometry(spec)
+    M, K, N = spec.M, spec.K, spec.N
+    args = [f'x: T.Buffer(({M}, {K}), "{spec.a_dtype}")',
+            f'w: T.Buffer({gemm_weight_shape(spec)}, "int8")',
+            f'offset: T.Buffer(({N},), "int32")']
+    if spec.acc_shift:
+        args.append(f'bias: T.Buffer(({N},), "int64")')
+    if spec.requant is not None:
+        args += [f'mult: T.Buffer(({N},), "int64")', f'shift: T.Buffer(({N},), "int64")']
+    args.append(f'y: T.Buffer(({M}, {N}), "{spec.out_dtype}")')
+    n, m = "nb * 32 + nn", "mb * 32 + mm"
+    out = int8._output_value("acc[mm, nn]", n, spec.requant, spec.out_dtype, spec.acc_shift)
+    guard_n = N % 32 != 0
+    row = [f"for nn in T.vectorized(32):" if not guard_n else "for nn in T.serial(32):"]
+    store = f"y[{m}, {n}] = {out}"
+    row += ([f"    if {n} < {N}:", f"        {store}"] if guard_n else [f"    {store}"])
+    lines = [
+        "@T.prim_func",
+        f"def main({', '.join(args)}):",
+        '    T.func_attr({"global_symbol": "main", "tir.noalias": True})',
+        permission_line("    "),
+        f'    xp = T.alloc_buffer(({g.MP}, {g.KP}), "uint8")',
+        f"    for m in T.serial({g.MP}):",
+        f"        for k in T.vectorized({g.KP}):",
+        f"            xp[m, k] = T.Select(m < {M} and k < {K}, "
+        f"{int8._byte(f'x[T.min(m, {M - 1}), T.min(k, {K - 1})]', spec.a_dtype)}, "
+        f"T.uint8(0))",
+        f"    for nb in T.parallel({g.NP // 32}):",
+        *tile_config_lines("        "),
+        '        acc = T.alloc_buffer((32, 32), "int32")',
+        f"        for mb in T.serial({g.MP // 32}):",
+        *[f"            {_intrin('tilezero', f'T.uint8({t})')}" for t in range(4)],
+        f"            for kc in T.serial({g.KC}):",
+    ]
+    inner = " " * 16
+    for t in range(2):  # A: rows mb*32 + 16t .. of the activation bytes, 64 bytes of K
+        lines.append(inner + _intrin(
+            "tileloadd64", f"T.uint8({4 + t})",
+            f'xp.access_ptr("r", offset=(mb * 32 + {16 * t}) * {g.KP} + kc * 64)',
+            f"T.int64({g.KP})"))
+    for t in range(2):  # B: the nb pair's two 16-channel weight tiles
+        lines.append(inner + _intrin(
+            "tileloadd64", f"T.uint8({6 + t})",
+            f'w.access_ptr("r", offset=((nb * 2 + {t}) * {g.KC} + kc) * 1024)', "T.int64(64)"))
+    for c, (a, b) in enumerate(((4, 6), (4, 7), (5, 6), (5, 7))):
+        lines.append(inner + _intrin("tdpbusd", f"T.uint8({c})", f"T.uint8({a})",
+                                     f"T.uint8({b})"))
+    for c, (mt, nt) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        lines.append(" " * 12 + _intrin(
+            "tilestored64", f"T.uint8({c})",
+            f'acc.access_ptr("w", offset={mt * 16 * 32 + nt * 16})', "T.int64(128)"))
+    lines += [f"            for mm in T.serial(T.min(32, {M} - mb * 32)):",
+              *["                " + ln for ln in row],
+              "        " + _intrin("tilerelease")]
+    return "\n".join(lines) + "\n"
+
+
+def lower_int8_gemm(spec, target: Target):
+    """The IRModule of :func:`int8_gemm_source` (via :func:`.int8.lower` with
+    ``spec.engine == "amx"``)."""
+    return _module(int8_gemm_source(spec), target)
 
 
 # -- registry entry -------------------------------------------------------------------------------
@@ -506,6 +636,8 @@ def _accumulator_dtype(K: int, w_qtype, a_qtype):
 def _pack(spec, target: Target, w, **kw):
     from . import bitserial_conv, int8
 
+    if isinstance(spec, int8.Int8Spec):
+        return int8.pack_weights(spec, target, w, **kw)
     module = int8 if isinstance(spec, int8.ConvSpec) else bitserial_conv
     return module.pack_conv_weights(spec, target, w, **kw)
 
@@ -515,6 +647,8 @@ def _build(spec, target: Target):
 
     if isinstance(spec, int8.ConvSpec):
         raise LoweringError("amx: the int8 conv entry is int8.build_conv(spec, target, z_x)")
+    if isinstance(spec, int8.Int8Spec):
+        return int8.build(replace(spec, engine="amx"), target)
     return bitserial_conv.build(spec, target)
 
 

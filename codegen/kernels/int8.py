@@ -112,8 +112,9 @@ __all__ = [
 LANES = 16  # channels per weight tile (one 512-bit vpdpbusd result)
 GROUP = 4  # K elements per int32 lane (vpdpbusd / vpmaddubsw+vpmaddwd)
 A_DTYPES = ("uint8", "int8")
-#: how a dense conv's products are formed: the vector paths of :func:`kernel_path`, or AMX
-#: tiles (:func:`.amx.int8_conv_source`; the ``amx`` family's conv entry)
+#: how a GEMM's / dense conv's products are formed: the vector paths of :func:`kernel_path`, or
+#: AMX tiles (:func:`.amx.int8_gemm_source` / :func:`.amx.int8_conv_source`; the ``amx``
+#: family's entries)
 CONV_ENGINES = ("simd", "amx")
 _INT32_MAX = (1 << 31) - 1
 
@@ -146,10 +147,13 @@ class Int8Spec:
     MB: int = 0
     NB: int = 0
     acc_shift: int = 0
+    engine: str = "simd"  # or "amx": AMX tiles (:func:`.amx.int8_gemm_source`)
 
     def __post_init__(self):
         if min(self.M, self.K, self.N) < 1:
             raise LoweringError(f"int8: shape M={self.M} K={self.K} N={self.N} must be >= 1")
+        if self.engine not in CONV_ENGINES:
+            raise LoweringError(f"int8: engine {self.engine!r}; use one of {CONV_ENGINES}")
         if not 2 <= self.w_bits <= 8:
             raise LoweringError(
                 f"int8: weight bits {self.w_bits} unsupported; use 2..8 (signed), or the "
@@ -289,8 +293,14 @@ def pack_weights(spec: Int8Spec, target: Target, w: np.ndarray, *, bias=None,
     folded = 0 if spec.acc_shift else bias  # shifted: bias joins after the shift, in int64
     offset = (folded - z_u * w.sum(0)).astype(np.int32)  # wraps mod 2^32 (module docstring)
     mult_a, shift_a = dyadic_params("int8", spec.requant, spec.N, mult, shift)
-    NB = spec.block_for(kernel_path(target, spec.w_bits))[1]
-    return PackedWeights(tile_weights(w.astype(np.int8), NB), offset, mult_a, shift_a,
+    if spec.engine == "amx":
+        from . import amx
+
+        tiles = amx.tile_gemm_weights(spec, w.astype(np.int8))
+    else:
+        tiles = tile_weights(w.astype(np.int8), spec.block_for(kernel_path(target,
+                                                                           spec.w_bits))[1])
+    return PackedWeights(tiles, offset, mult_a, shift_a,
                          bias.copy() if spec.acc_shift else np.zeros(0, np.int64))
 
 
@@ -779,6 +789,10 @@ def lower(spec: Int8Spec, target: Target):
 
     if target.is_gpu:
         return tvm.IRModule({"main": gpu_func(spec)})
+    if spec.engine == "amx":
+        from . import amx
+
+        return amx.lower_int8_gemm(spec, target)
     return tvm.IRModule({"main": tvm.script.from_source(gemm_source(spec, target))})
 
 
@@ -791,8 +805,12 @@ def build(spec: Int8Spec, target: Target) -> Int8Kernel:
 def _build_cached(spec: Int8Spec, target: Target) -> Int8Kernel:
     import tvm
 
-    return Int8Kernel(spec, target, kernel_path(target, spec.w_bits),
-                      tvm.compile(lower(spec, target), target=target.tvm_dict()))
+    from ..build import tir_pipeline
+
+    path = "amx" if spec.engine == "amx" else kernel_path(target, spec.w_bits)
+    return Int8Kernel(spec, target, path, tvm.compile(lower(spec, target),
+                                                      target=target.tvm_dict(),
+                                                      tir_pipeline=tir_pipeline(target)))
 
 
 # -- conv ---------------------------------------------------------------------------------------

@@ -157,8 +157,16 @@ def _shiftadd_gemm(variant: str):
 
 
 def _amx_gemm(ops: Operands, M, K, N, requant):
-    raise LoweringError("amx computes dense 2-D convolutions only (CPU targets with AMX), not "
-                        "GEMMs or im2col")
+    amx = _kernels("amx")
+    if not amx.available(ops.target):
+        raise LoweringError(f"amx needs a CPU with AMX tiles (amx_tile, amx_int8); target "
+                            f"{ops.target.name} has {sorted(ops.target.features)}")
+    if _binary(ops.w_qtype) and _binary(ops.a_qtype):
+        raise LoweringError("amx runs binary layers as direct convs only (bitserial takes "
+                            "binary GEMMs)")
+    spec = replace(_int8_gemm(ops, M, K, N, requant), engine="amx")
+    amx.check_gemm_padding(spec)
+    return spec
 
 
 def _amx_conv(ops: Operands, geo: ConvGeometry, requant):

@@ -258,3 +258,46 @@ def test_artifact_runs_under_runtime_only_tvm(tmp_path):
     graph_q = lowbit.quantize(onnx_bytes, quant="int8", calib=calib)
     want = lowbit.run_reference(graph_q, {"x": x})["y"]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-6, atol=1e-6)
+
+
+# -- the int8 family's GEMM on tiles --------------------------------------------------------------
+@needs_amx
+@pytest.mark.parametrize("args", [
+    dict(M=16, K=64, N=32),
+    dict(M=37, K=100, N=45, a_dtype="int8", zx=-5),  # every dimension padded, int8 codes
+    dict(M=128, K=768, N=96, w_bits=4),
+    dict(M=70, K=256, N=64, acc_shift=2),
+    dict(M=33, K=192, N=32, requant=None),
+], ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
+def test_int8_gemm_on_tiles_equals_the_vector_kernel(args):
+    args = dict(args)
+    zx = args.pop("zx", 9)
+    base = dict(requant=OutputRange(-3, -128, 127))
+    base.update(args)
+    spec = k8.Int8Spec(**base)
+    rng = np.random.default_rng(1)
+    lo, hi = -(1 << (spec.w_bits - 1)), (1 << (spec.w_bits - 1)) - 1
+    w = rng.integers(lo, hi + 1, (spec.K, spec.N))
+    a_lo, a_hi = (0, 255) if spec.a_dtype == "uint8" else (-128, 127)
+    x = rng.integers(a_lo, a_hi + 1, (spec.M, spec.K)).astype(spec.a_dtype)
+    kw = {"bias": rng.integers(-5000, 5000, spec.N), "a_zero_point": zx}
+    if spec.requant is not None:
+        kw.update(mult=rng.integers(1 << 29, 1 << 30, spec.N), shift=np.full(spec.N, 37))
+    outs = []
+    for engine in ("simd", "amx"):
+        s = replace(spec, engine=engine)
+        outs.append(k8.build(s, HOST)(x, k8.pack_weights(s, HOST, w, **kw)))
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert len(np.unique(outs[0])) > 2
+
+
+def test_gemm_padding_rule():
+    amx.check_gemm_padding(k8.Int8Spec(16, 768, 3072))
+    with pytest.raises(LoweringError, match="fewer than one 16-row tile|fill less"):
+        amx.check_gemm_padding(k8.Int8Spec(1, 4096, 4096))
+    with pytest.raises(LoweringError, match="whole tiles"):
+        amx.check_gemm_padding(k8.Int8Spec(16, 100, 45))
+    spec = k8.Int8Spec(64, 128, 64, engine="amx")
+    asm = tvm.compile(k8.lower(spec, AMX_TARGET),
+                      target=AMX_TARGET.tvm_dict()).mod.inspect_source("asm")
+    assert "tdpbusd" in asm

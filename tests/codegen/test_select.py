@@ -44,14 +44,18 @@ def test_measured_selection_caches_to_disk(tmp_path, monkeypatch, cnn):
         c = first[node.name]
         assert c.source == "measured"
         times = dict(c.candidates)
-        assert set(times) == {"int8", "reference"} and all(t > 0 for t in times.values())
+        # (on CPUs with AMX tiles the amx family competes for some of them too)
+        assert set(times) - {"amx"} == {"int8", "reference"}
+        assert all(t > 0 for t in times.values())
         assert c.family == min(times, key=lambda f: (times[f], f))
         assert node.meta["kernel"] == c.family
         assert node.meta["kernel_us"] == pytest.approx(times[c.family], abs=1e-3)
     conv_times = dict(first[layers(graph)[1].name].candidates)
     assert conv_times["int8"] < conv_times["reference"]  # the scheduled GEMM wins a real conv
     data = json.loads((tmp_path / "kernels.json").read_text())["entries"]
-    assert len(data) == 8 and all(f"+{revision()}|" in k and "target=x86" in k for k in data)
+    timed = sum(len(first[n.name].candidates) for n in layers(graph))
+    assert len(data) == timed >= 8
+    assert all(f"+{revision()}|" in k and "target=x86" in k for k in data)
 
     def no_timing(*args):
         raise AssertionError("a cached layer was timed again")
@@ -79,7 +83,10 @@ def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch, cnn):
     assert choices[layers(graph)[1].name].family == "bitserial"  # < int8 < lut < reference
     assert choices[layers(graph)[0].name].family == "int8"
     assert (tmp_path / "lowbit" / "kernels.json").exists()
-    assert len(calls) == 2 + 4 + 4 + 2
+    # every candidate of every layer timed once: 2 + 4 + 4 + 2, plus amx where the CPU has
+    # AMX tiles and a layer fills them (the third conv, as im2col + the tile GEMM)
+    per_layer = [len(choices[n.name].candidates) for n in layers(graph)]
+    assert len(calls) == sum(per_layer) and per_layer[:2] == [2, 4] and per_layer[3] == 2
 
 
 def test_forced_family_is_honoured(cnn):
