@@ -486,7 +486,7 @@ def lower_int8(spec, target: Target, zero_point: int):
     return _module(int8_conv_source(spec, zero_point), target)
 
 
-# -- the int8 family's GEMM on tiles ----------------------------------------------------------------
+# -- the int8 family's GEMM on tiles -------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class GemmGeometry:
     """An ``(M, K) x (K, N)`` GEMM in tiles: rows padded to whole 32-row pairs (``MP``), K to
@@ -557,7 +557,7 @@ def int8_gemm_source(spec) -> str:
     n, m = "nb * 32 + nn", "mb * 32 + mm"
     out = int8._output_value("acc[mm, nn]", n, spec.requant, spec.out_dtype, spec.acc_shift)
     guard_n = N % 32 != 0
-    row = [f"for nn in T.vectorized(32):" if not guard_n else "for nn in T.serial(32):"]
+    row = ["for nn in T.serial(32):" if guard_n else "for nn in T.vectorized(32):"]
     store = f"y[{m}, {n}] = {out}"
     row += ([f"    if {n} < {N}:", f"        {store}"] if guard_n else [f"    {store}"])
     lines = [
