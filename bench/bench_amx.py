@@ -74,8 +74,28 @@ def xnor_row(C, H, N, stride, target, rng):
     return interleaved(fns)
 
 
-def int8_row(C, H, N, k, stride, pad, target, rng):
+def _vector_vs_tiles(spec, build, pack, x, what: str, calls: int = 20) -> list[float]:
+    """Median µs of the int8 layer ``spec`` on the vector kernel and on tiles (``engine``
+    "simd" / "amx"), called on resident tensors as in a compiled model (no numpy conversion
+    per call), after checking the two outputs equal."""
     import tvm
+
+    fns, outs = [], []
+    for engine in ("simd", "amx"):
+        s = replace(spec, engine=engine)
+        kernel = build(s)
+        layer = kernel.bind(pack(s))
+        outs.append(layer(x))
+        x_t = tvm.runtime.tensor(x)
+        y_t = tvm.runtime.tensor(np.empty(s.out_shape, s.out_dtype))
+        fns.append(lambda fn=kernel.lib["main"], p=layer.params, x_t=x_t, y_t=y_t:
+                   fn(x_t, *p, y_t))
+    if not np.array_equal(*outs):
+        raise SystemExit(f"{what}: amx differs from vpdpbusd")
+    return interleaved(fns, calls=calls)
+
+
+def int8_row(C, H, N, k, stride, pad, target, rng):
     from lowbit.codegen.kernels import int8 as k8
     from lowbit.codegen.kernels.common import OutputRange
 
@@ -85,24 +105,12 @@ def int8_row(C, H, N, k, stride, pad, target, rng):
     x = rng.integers(0, 256, spec.in_shape).astype(np.uint8)
     kw = {"bias": rng.integers(-999, 999, N), "a_zero_point": 3,
           "mult": np.full(N, 1 << 29), "shift": np.full(N, 40)}
-    fns, outs = [], []
-    for engine in ("simd", "amx"):
-        s = replace(spec, engine=engine)
-        kernel = k8.build_conv(s, target, 3)
-        layer = kernel.bind(k8.pack_conv_weights(s, target, w, **kw))
-        outs.append(layer(x))
-        # resident tensors, as in a compiled model (no numpy conversion per call)
-        x_t = tvm.runtime.tensor(x)
-        y_t = tvm.runtime.tensor(np.empty(s.out_shape, s.out_dtype))
-        fns.append(lambda fn=kernel.lib["main"], p=layer.params, x_t=x_t, y_t=y_t:
-                   fn(x_t, *p, y_t))
-    if not np.array_equal(*outs):
-        raise SystemExit(f"int8 {C}->{N} {k}x{k} at {H}²: amx differs from vpdpbusd")
-    return interleaved(fns)
+    return _vector_vs_tiles(spec, lambda s: k8.build_conv(s, target, 3),
+                            lambda s: k8.pack_conv_weights(s, target, w, **kw), x,
+                            f"int8 {C}->{N} {k}x{k} at {H}²")
 
 
 def gemm_row(M, K, N, target, rng):
-    import tvm
     from lowbit.codegen.kernels import int8 as k8
     from lowbit.codegen.kernels.common import OutputRange
 
@@ -111,19 +119,9 @@ def gemm_row(M, K, N, target, rng):
     x = rng.integers(0, 256, (M, K)).astype(np.uint8)
     kw = {"bias": rng.integers(-999, 999, N), "a_zero_point": 3,
           "mult": np.full(N, 1 << 29), "shift": np.full(N, 40)}
-    fns, outs = [], []
-    for engine in ("simd", "amx"):
-        s = replace(spec, engine=engine)
-        kernel = k8.build(s, target)
-        layer = kernel.bind(k8.pack_weights(s, target, w, **kw))
-        outs.append(layer(x))
-        x_t = tvm.runtime.tensor(x)
-        y_t = tvm.runtime.tensor(np.empty(s.out_shape, s.out_dtype))
-        fns.append(lambda fn=kernel.lib["main"], p=layer.params, x_t=x_t, y_t=y_t:
-                   fn(x_t, *p, y_t))
-    if not np.array_equal(*outs):
-        raise SystemExit(f"int8 GEMM {M}x{K}x{N}: amx differs from vpdpbusd")
-    return interleaved(fns, calls=5)
+    return _vector_vs_tiles(spec, lambda s: k8.build(s, target),
+                            lambda s: k8.pack_weights(s, target, w, **kw), x,
+                            f"int8 GEMM {M}x{K}x{N}", calls=5)
 
 
 def main() -> int:

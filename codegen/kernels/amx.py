@@ -436,6 +436,17 @@ def xnor_conv_source(spec) -> str:
     return _conv_source(spec, args, byte, 1 if spec.pad_code > 0 else 0, out)
 
 
+def _int8_args(spec, x_shape, w_shape, N: int, y_shape) -> list[str]:
+    """The int8 family's entry buffers: ``x, w, offset, [bias], [mult, shift], y``."""
+    args = [f'x: T.Buffer({tuple(x_shape)}, "{spec.a_dtype}")',
+            f'w: T.Buffer({tuple(w_shape)}, "int8")', f'offset: T.Buffer(({N},), "int32")']
+    if spec.acc_shift:
+        args.append(f'bias: T.Buffer(({N},), "int64")')
+    if spec.requant is not None:
+        args += [f'mult: T.Buffer(({N},), "int64")', f'shift: T.Buffer(({N},), "int64")']
+    return args + [f'y: T.Buffer({tuple(y_shape)}, "{spec.out_dtype}")']
+
+
 def int8_conv_source(spec, zero_point: int) -> str:
     """TVMScript of an int8-family dense conv (``int8.ConvSpec``) on AMX tiles: the bytes
     ``u`` of the activation codes (int8: ``x ^ 0x80``) times the signed weights, then the int8
@@ -444,14 +455,8 @@ def int8_conv_source(spec, zero_point: int) -> str:
     from . import int8
 
     d = dims(spec)
-    args = [f'x: T.Buffer(({d.B}, {d.C}, {d.H}, {d.W}), "{spec.a_dtype}")',
-            f'w: T.Buffer({weight_shape(spec)}, "int8")',
-            f'offset: T.Buffer(({d.N},), "int32")']
-    if spec.acc_shift:
-        args.append(f'bias: T.Buffer(({d.N},), "int64")')
-    if spec.requant is not None:
-        args += [f'mult: T.Buffer(({d.N},), "int64")', f'shift: T.Buffer(({d.N},), "int64")']
-    args.append(f'y: T.Buffer(({d.B}, {d.N}, {d.OH}, {d.OW}), "{spec.out_dtype}")')
+    args = _int8_args(spec, (d.B, d.C, d.H, d.W), weight_shape(spec), d.N,
+                      (d.B, d.N, d.OH, d.OW))
     pad = (zero_point + (128 if spec.a_dtype == "int8" else 0)) & 0xFF
     source = _conv_source(spec, args, lambda src: int8._byte(src, spec.a_dtype), pad,
                           lambda n, at: int8._output_value(at, n, spec.requant,
@@ -546,14 +551,7 @@ def int8_gemm_source(spec) -> str:
 
     g = gemm_geometry(spec)
     M, K, N = spec.M, spec.K, spec.N
-    args = [f'x: T.Buffer(({M}, {K}), "{spec.a_dtype}")',
-            f'w: T.Buffer({gemm_weight_shape(spec)}, "int8")',
-            f'offset: T.Buffer(({N},), "int32")']
-    if spec.acc_shift:
-        args.append(f'bias: T.Buffer(({N},), "int64")')
-    if spec.requant is not None:
-        args += [f'mult: T.Buffer(({N},), "int64")', f'shift: T.Buffer(({N},), "int64")']
-    args.append(f'y: T.Buffer(({M}, {N}), "{spec.out_dtype}")')
+    args = _int8_args(spec, (M, K), gemm_weight_shape(spec), N, (M, N))
     n, m = "nb * 32 + nn", "mb * 32 + mm"
     out = int8._output_value("acc[mm, nn]", n, spec.requant, spec.out_dtype, spec.acc_shift)
     guard_n = N % 32 != 0
