@@ -561,7 +561,7 @@ def _absorb_pad(ctx, node, plan: LayerPlan):
     spec = replace(plan.spec, H=H, W=W, pads=(p[2], p[3], p[6], p[7]), pad_code=code)
     bc, target = _kernels("bitserial_conv"), ctx.target
     plan = replace(plan, spec=spec, lower=lambda: bc.lower(spec, target)["main"])
-    return plan, quantized.requantize(ctx, requant, x=raw)
+    return plan, quantized.requantize(ctx, requant, x=raw, source=pad.inputs[0])
 
 
 def lower_layer(ctx, node, family: str):

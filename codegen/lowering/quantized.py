@@ -31,6 +31,7 @@ import numpy as np
 from ...ir import Op
 from ...ir.qformats import rescale_groups
 from . import fail, out_dtype, out_shape, register_lowering
+from .thresholds import sign_thresholds
 
 _INT32_MAX = (1 << 31) - 1
 
@@ -423,22 +424,27 @@ def qadd(ctx, node):
 
 
 @register_lowering(Op.REQUANTIZE)
-def requantize(ctx, node, x=None):
+def requantize(ctx, node, x=None, source=None):
     """``y = requant(x − zx)`` per the Requant stage (int64; channel axis ``requant.axis``); a
-    float input (binary requant only): ``y = clamp(x < 0 ? −1 : 1, lo, hi)``. ``x``: a Relax
-    expression to apply the node's stage to instead of its input (an elementwise stage: any
-    shape of the same rank and channel count; the bitserial conv uses it to sign the unpadded
-    tensor and pad the codes itself)."""
+    float input (binary requant only): ``y = clamp(x < 0 ? −1 : 1, lo, hi)``, or per-channel
+    thresholds on the integer codes the float input was computed from
+    (:mod:`.thresholds`). ``x``: a Relax expression to apply the node's stage to instead of
+    its input (an elementwise stage: any shape of the same rank and channel count; the
+    bitserial conv uses it to sign the unpadded tensor and pad the codes itself), ``source``
+    the IR value ``x`` computes."""
     te, tirx = _te(), _tirx()
     rq = node.attrs.requant
     if x is None:
-        x, shape = ctx.input(node, 0), out_shape(node)
+        x, shape, source = ctx.input(node, 0), out_shape(node), node.inputs[0]
     else:
         shape = tuple(int(d) for d in x.ty.shape)
     dt = out_dtype(node)
     is_float = str(x.ty.dtype).startswith("float")
     if is_float and not rq.binary:
         raise fail(node, "a float input needs a binary requant; use QuantizeLinear")
+    found = sign_thresholds(source) if is_float and source is not None else None
+    if found is not None and found.source.shape == shape:
+        return _threshold(ctx, node, found, shape)
     try:
         n_rq, axis = _channel_count(rq, shape, None)
         stage = _Requant(rq, n_rq)
@@ -458,6 +464,24 @@ def requantize(ctx, node, x=None):
 
     extra = [ctx.constant(v) for v in stage.constants()]
     return ctx.emit_te(compute, x, *extra, name=node.name)
+
+
+def _threshold(ctx, node, found, shape):
+    """``y = q >= t[c] ? above[c] : below[c]`` (:class:`.thresholds.Thresholds`, the codes
+    clamped to the node's ``[lo, hi]``) on the integer codes ``q`` behind the float input."""
+    te, tirx = _te(), _tirx()
+    rq = node.attrs.requant
+    dt = out_dtype(node)
+    q = ctx.values[found.source.name]
+    t = ctx.constant(found.t)
+    above = ctx.constant(np.clip(found.above, rq.lo, rq.hi).astype(dt))
+    below = ctx.constant(np.clip(found.below, rq.lo, rq.hi).astype(dt))
+
+    def compute(qt, tt, at, bt):
+        return te.compute(shape, lambda *i: tirx.Select(qt[i] >= tt[i[1]], at[i[1]], bt[i[1]]),
+                          name="y")
+
+    return ctx.emit_te(compute, q, t, above, below, name=node.name)
 
 
 @register_lowering(Op.MATMUL_INTEGER)
