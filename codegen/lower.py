@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir.errors import LowbitError, LoweringError
-from .lowering import LoweringContext, get_lowering
+from .lowering import DEFERRED, LoweringContext, get_lowering
 
 
 def _struct_info(value):
@@ -98,6 +98,8 @@ def _lower(graph: Graph, target, stored: list | None):
                 lowering = get_lowering(node)
                 try:
                     result = lowering(ctx, node)
+                    if result is DEFERRED:
+                        continue
                     vars_ = _outputs_of(bb, node, result)
                 except LowbitError:
                     raise

@@ -343,7 +343,11 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
                 f"            xw[b, g, row, ph, q] = {word}"]
     # bands of whole output rows: each band's pixel-tile pairs go to a per-thread accumulator
     # block (L1) and the band's rows are written from it
-    rows = max(1, BAND_PIXELS // P)
+    # a fused pool takes bands of at least 2 rows: with 1-row bands (P > BAND_PIXELS / 2:
+    # the 224² stem) its 3x3/2 windows came out as the last row alone (seen at 40² and 224²
+    # with a forced 1-row band; 2-row bands are exact), a miscompile of the degenerate row
+    # loop not tracked down here
+    rows = max(2 if getattr(spec, "pool", None) is not None else 1, BAND_PIXELS // P)
     bands = -(-OH // rows)
     lo = f"(j * {rows * P} // 32)"
     hi = f"((T.min({OH}, (j + 1) * {rows}) * {P} + 31) // 32)"
@@ -360,7 +364,10 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
         f"    for nb in T.parallel({g.NP // 32}):",
         *(tile_config_lines("        ", 4 * g.R, g.R) if taps else
           tile_config_lines("        ")),
-        f'        acc = T.alloc_buffer((32, {SL}), "int32")',
+        # per-thread blocks on the stack ("local"): in "global" scope TVM's storage rewrite
+        # may fold them into the dead prologue image when the nb loop has one iteration (a
+        # uint8 buffer then backs the int32 tile stores, and the build fails)
+        f'        acc = T.alloc_buffer((32, {SL}), "int32", scope="local")',
         f"        for b, j in T.grid({B}, {bands}):",
         f"            for tpi in T.serial({TPMAX}):",
         f"                if {lo} + tpi < {hi}:",
@@ -396,8 +403,19 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
             "tilestored64", f"T.uint8({c})",
             f'acc.access_ptr("w", offset={nt * 16 * SL} + (tpi * 2 + {mt}) * 16)',
             f"T.int64({SL * 4})"))
-    at = f"acc[nn, oh * {P} + ow - {lo} * 32]"
-    body = [f"for ow in T.vectorized({OW}):", f"    y[b, {n}, oh, ow] = {out(n, at)}"]
+    pool = getattr(spec, "pool", None)
+    if pool is None:
+        at = f"acc[nn, oh * {P} + ow - {lo} * 32]"
+        body = [f"for ow in T.vectorized({OW}):", f"    y[b, {n}, oh, ow] = {out(n, at)}"]
+    else:
+        body = _pooled_epilogue(pool, OH, OW, P, lo, n, out)
+        at = lines.index(f'        acc = T.alloc_buffer((32, {SL}), "int32", scope="local")')
+        vm = (_open_rows(pool), 32, pool.out_shape(OH, OW)[1])
+        # vm lives across bands: touched here, at the nb level, so TVM does not place the
+        # allocation inside the band / channel loops (the common scope of its other uses)
+        lines[at + 1:at + 1] = [f'        vm = T.alloc_buffer({vm}, "int32", scope="local")',
+                                f"        for v, c, q in T.grid{vm}:",
+                                "            vm[v, c, q] = 0"]
     if N != g.NP:
         body = [f"if {n} < {N}:"] + ["    " + ln for ln in body]
     lines += ["            for nn in T.serial(32):",
@@ -405,6 +423,59 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
               *["                    " + ln for ln in body],
               "        " + _intrin("tilerelease")]
     return "\n".join(lines) + "\n"
+
+
+def _open_rows(pool) -> int:
+    """Pooled rows whose windows can be open at one conv row: ``ceil(kh / sh)``."""
+    return -(-pool.kernel[0] // pool.strides[0])
+
+
+def _pooled_epilogue(pool, OH: int, OW: int, P: int, lo: str, n: str, out) -> list[str]:
+    """Epilogue statements (per channel ``nn``, conv row ``oh`` of the band) of a conv with a
+    fused max-pool (:class:`.common.MaxPoolWindow`): the row's accumulators are max-pooled
+    along the row (taps clipped to the row: a clipped window still holds its in-bounds
+    pixels, and a pad never wins) into ``vm[i % V]`` of every pooled row ``i`` whose window
+    holds ``oh`` (started by its first real row, ``max`` after), and a pooled row whose last
+    real row this is goes out through ``out`` (the requant: monotone, so pooling the raw
+    tile sums first is exact)."""
+    (kh, kw), (sh, sw), (pt, pl, _, _) = pool.kernel, pool.strides, pool.pads
+    PH, PW = pool.out_shape(OH, OW)
+    V = _open_rows(pool)
+
+    def tap(col: str) -> str:
+        return f"acc[nn, oh * {P} + {col} - {lo} * 32]"
+
+    def row_max(pw: int | str, taps) -> str:
+        expr = tap(f"{pw} * {sw} + {taps[0] - pl}")
+        for dj in taps[1:]:
+            expr = f"T.max({expr}, {tap(f'{pw} * {sw} + {dj - pl}')})"
+        return expr
+
+    inner = [pw for pw in range(PW) if pw * sw - pl >= 0 and pw * sw - pl + kw <= OW]
+    border = [(pw, [dj for dj in range(kw) if 0 <= pw * sw - pl + dj < OW])
+              for pw in range(PW) if pw not in inner]
+    lines = []
+    for t in range(V):  # the pooled rows i whose window may hold this conv row
+        i = f"((oh + {pt}) // {sh} - {t})"
+        last = f"T.min({OH - 1}, {i} * {sh} - {pt} + {kh - 1})"
+        slot = f"vm[{i} % {V}, nn, "
+        lines.append(f"if {i} >= 0 and {i} < {PH} and oh <= {last}:")
+        for start in (True, False):  # the window's first real row starts the max
+            head = f"if oh == T.max(0, {i} * {sh} - {pt}):" if start else "else:"
+            lines.append("    " + head)
+            if inner:
+                value = row_max("pw", list(range(kw)))
+                lines += [f"        for pw in T.vectorized({inner[0]}, {inner[-1] + 1}):",
+                          f"            {slot}pw] = " + (value if start else
+                                                         f"T.max({slot}pw], {value})")]
+            for pw, taps in border:
+                value = row_max(pw, taps)
+                lines.append(f"        {slot}{pw}] = " + (value if start else
+                                                          f"T.max({slot}{pw}], {value})"))
+        lines += [f"    if oh == {last}:",
+                  f"        for pw in T.vectorized({PW}):",
+                  f"            y[b, {n}, {i}, pw] = {out(n, f'{slot}pw]')}"]
+    return lines
 
 
 def xnor_conv_source(spec) -> str:
@@ -455,8 +526,10 @@ def int8_conv_source(spec, zero_point: int) -> str:
     from . import int8
 
     d = dims(spec)
-    args = _int8_args(spec, (d.B, d.C, d.H, d.W), weight_shape(spec), d.N,
-                      (d.B, d.N, d.OH, d.OW))
+    if spec.pool is not None and d.C * d.KH * d.KW * 255 * 128 > (1 << 31) - 1:
+        raise LoweringError(f"amx: a fused max-pool pools the raw tile sums, which must not "
+                            f"wrap; K = {d.C * d.KH * d.KW} is too large")
+    args = _int8_args(spec, (d.B, d.C, d.H, d.W), weight_shape(spec), d.N, spec.out_shape)
     pad = (zero_point + (128 if spec.a_dtype == "int8" else 0)) & 0xFF
     source = _conv_source(spec, args, lambda src: int8._byte(src, spec.a_dtype), pad,
                           lambda n, at: int8._output_value(at, n, spec.requant,

@@ -27,6 +27,31 @@ _INT32_MAX = (1 << 31) - 1
 
 
 @dataclass(frozen=True, slots=True)
+class MaxPoolWindow:
+    """A 2-D max-pool fused behind a conv's requant (dilation 1, floor mode): ``kernel`` (kh,
+    kw), ``strides`` (sh, sw), ``pads`` (top, left, bottom, right), each pad smaller than its
+    kernel side, so every window holds at least one real pixel and the padding never wins.
+    Requant is monotone per channel (multiplier >= 0, then clamps), so ``max(requant(a)) =
+    requant(max(a))``: the kernel pools the accumulators and requantizes the pooled ones."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+
+    def __post_init__(self):
+        if min(*self.kernel, *self.strides) < 1 or min(self.pads) < 0 or any(
+                self.pads[i] >= self.kernel[i % 2] for i in range(4)):
+            raise LoweringError(f"fused max-pool: kernel {self.kernel}, strides "
+                                f"{self.strides}, pads {self.pads}: sizes must be >= 1 and "
+                                "every pad smaller than its kernel side")
+
+    def out_shape(self, H: int, W: int) -> tuple[int, int]:
+        """Pooled (rows, columns) of an (H, W) map."""
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = self.kernel, self.strides, self.pads
+        return (H + pt + pb - kh) // sh + 1, (W + pl + pr - kw) // sw + 1
+
+
+@dataclass(frozen=True, slots=True)
 class OutputRange:
     """Requant output stage: zero point ``z_y`` and clamp range ``[lo, hi]`` (codes)."""
 

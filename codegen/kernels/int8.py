@@ -83,7 +83,14 @@ from ...ir.qformats import codebook_grid_bits
 from ...ir.qtype import QKind, QType
 from ..target import Target
 from . import KernelFamily, register_family
-from .common import BoundLayer, OutputRange, bind_layer, dyadic_params, set_num_threads
+from .common import (
+    BoundLayer,
+    MaxPoolWindow,
+    OutputRange,
+    bind_layer,
+    dyadic_params,
+    set_num_threads,
+)
 
 __all__ = [
     "FAMILY",
@@ -461,17 +468,25 @@ def _output_value(lane: str, n: str, requant: OutputRange | None, out_dtype: str
                   acc_shift: int) -> str:
     """The output of accumulator ``lane`` of channel ``n``: plus the wrapped offset (unsigned
     add: wraps by definition), shifted left by ``acc_shift`` plus the int64 ``bias``, then
-    requant (int64) or int32 out."""
+    requant (int64) or int32 out. With both, ``((a << s) + b)·m + h`` is formed as
+    ``((a·m) << s) + (b·m + h)`` (the same integer): ``a·m`` multiplies two sign-extended
+    int32 (one ``vpmuldq``; ``(a << s) + b`` is 64-bit, a ``vpmullq`` of 3 uops) and the
+    per-channel ``b·m + h`` is hoisted out of the pixel loop."""
     acc = (f'T.Cast("int32", T.Cast("uint32", {lane}) + '
            f'T.Cast("uint32", offset[{n}]))')
-    if acc_shift:
-        acc = f'((T.Cast("int64", {acc}) << T.int64({acc_shift})) + bias[{n}])'
-
+    half = f'((T.int64(1) << shift[{n}]) >> T.int64(1))'
     if requant is None:
         value = acc
+        if acc_shift:
+            value = f'((T.Cast("int64", {acc}) << T.int64({acc_shift})) + bias[{n}])'
     else:
-        shifted = (f'(T.Cast("int64", {acc}) * {_mult64(f"mult[{n}]")} + '
-                   f'((T.int64(1) << shift[{n}]) >> T.int64(1))) >> shift[{n}]')
+        if acc_shift:  # ((a << s) + b)·m + h = ((a·m) << s) + (b·m + h): a·m is 32x32 bits
+            shifted = (f'(((T.Cast("int64", {acc}) * {_mult64(f"mult[{n}]")}) << '
+                       f'T.int64({acc_shift})) + (bias[{n}] * mult[{n}] + {half})) >> '
+                       f'shift[{n}]')
+        else:
+            shifted = (f'(T.Cast("int64", {acc}) * {_mult64(f"mult[{n}]")} + {half}) >> '
+                       f'shift[{n}]')
         value = (f'T.Cast("{out_dtype}", T.max(T.min(({shifted}) + T.int64({requant.zero_point}),'
                  f' T.int64({requant.hi})), T.int64({requant.lo})))')
     return value
@@ -838,10 +853,14 @@ class ConvSpec:
     requant: OutputRange | None = None
     acc_shift: int = 0
     engine: str = "simd"  # or "amx": AMX byte tiles (:mod:`.amx`, CPUs with AMX)
+    pool: MaxPoolWindow | None = None  # a max-pool fused behind the requant (amx only)
 
     def __post_init__(self):
         if min(self.B, self.C, self.H, self.W, self.OC, self.KH, self.KW, *self.stride) < 1:
             raise LoweringError(f"int8 conv: every size and stride must be >= 1 in {self}")
+        if self.pool is not None and (self.engine != "amx" or self.requant is None):
+            raise LoweringError("int8 conv: a fused max-pool needs engine 'amx' and a requant "
+                                "output")
         if self.engine not in CONV_ENGINES:
             raise LoweringError(f"int8 conv: engine {self.engine!r}; use one of {CONV_ENGINES}")
         if min(self.pads) < 0 or self.OH < 1 or self.OW < 1:
@@ -899,7 +918,13 @@ class ConvSpec:
                         self.w_bits, self.a_dtype, self.requant, acc_shift=self.acc_shift)
 
     in_shape = property(lambda self: (self.B, self.C, self.H, self.W))
-    out_shape = property(lambda self: (self.B, self.OC, self.OH, self.OW))
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """(B, OC, OH, OW), or the pooled rows and columns with a fused ``pool``."""
+        if self.pool is not None:
+            return (self.B, self.OC, *self.pool.out_shape(self.OH, self.OW))
+        return (self.B, self.OC, self.OH, self.OW)
+
     out_dtype = property(lambda self: self.gemm.out_dtype)
 
 

@@ -32,6 +32,10 @@ REFERENCE = "reference"
 #: offsets and multipliers stay inside: they are small and do not shrink)
 STORED_MIN_BYTES = 1024
 
+#: a lowering's result for a node whose output a consumer's lowering computes fused (reading
+#: the node's inputs instead): nothing is bound for it, so any other reader fails loudly
+DEFERRED = object()
+
 LoweringFn = Callable[["LoweringContext", Node], object]
 _LOWERINGS: dict[tuple[Op, str], LoweringFn] = {}
 

@@ -570,6 +570,11 @@ def lower_layer(ctx, node, family: str):
     epilogue."""
     from tvm import relax
 
+    from . import DEFERRED
+    from .fused_pool import fusable
+
+    if family == "amx" and fusable(node, ctx.target) is not None:
+        return DEFERRED  # the MaxPool after it computes both (fused_pool)
     plan, x = _absorb_pad(ctx, node, plan_layer(node, family, ctx.target))
     gv = _add_scheduled(ctx, plan.lower(), f"{family}_{node.name}")
     spec = plan.spec

@@ -460,7 +460,13 @@ def _pad_expr(ctx, x, begins, ends, value):
 
 @register_lowering(Op.MAXPOOL)
 def maxpool(ctx, node):
-    """y = max over each (dilated) window; padding (−inf / the dtype minimum) never wins."""
+    """y = max over each (dilated) window; padding (−inf / the dtype minimum) never wins.
+    Behind an AMX conv the conv's kernel pools (:mod:`.fused_pool`)."""
+    from .fused_pool import lower_pooled
+
+    fused = lower_pooled(ctx, node)
+    if fused is not None:
+        return fused
     R = _R()
     if len(node.outputs) > 1:
         raise fail(node, "the Indices output has no lowering; drop it")

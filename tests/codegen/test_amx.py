@@ -184,6 +184,65 @@ def test_int8_conv_on_tiles_extremes():
     assert simd.min() == -128 * 255 * 512 * 9  # the centre pixels: every tap inside
 
 
+def _max_pool(y: np.ndarray, win) -> np.ndarray:
+    """numpy max-pool of NCHW codes, padding with the dtype minimum."""
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = win.kernel, win.strides, win.pads
+    B, C, H, W = y.shape
+    low = np.iinfo(y.dtype).min
+    yp = np.full((B, C, H + pt + pb, W + pl + pr), low, y.dtype)
+    yp[:, :, pt:pt + H, pl:pl + W] = y
+    PH, PW = win.out_shape(H, W)
+    out = np.full((B, C, PH, PW), low, y.dtype)
+    for di in range(kh):
+        for dj in range(kw):
+            out = np.maximum(out, yp[:, :, di:di + sh * (PH - 1) + 1:sh,
+                                     dj:dj + sw * (PW - 1) + 1:sw])
+    return out
+
+
+@needs_amx
+@pytest.mark.parametrize("conv,pool,acc_shift", [
+    ((3, 224, 224, 64, 7, 2, 3), ((3, 3), (2, 2), (1, 1, 1, 1)), 6),  # the ResNet stem
+    ((3, 37, 40, 64, 7, 2, 3), ((3, 3), (2, 2), (1, 1, 1, 1)), 0),  # odd sizes
+    ((16, 19, 19, 32, 3, 1, 1), ((2, 3), (2, 1), (0, 1, 1, 2)), 0),  # channels layout
+    ((64, 14, 14, 48, 3, 1, 1), ((3, 3), (3, 3), (0, 0, 0, 0)), 2),  # no pool padding
+], ids=["stem224", "odd", "channels", "nopad"])
+def test_int8_conv_with_fused_max_pool(conv, pool, acc_shift):
+    """A max-pool fused behind the requant equals the unfused conv's codes max-pooled."""
+    from lowbit.codegen.kernels.common import MaxPoolWindow
+
+    C, H, W, N, k, s, p = conv
+    spec = k8.ConvSpec(2 if H < 100 else 1, C, H, W, N, k, k, (s, s), (p,) * 4,
+                       a_dtype="int8", requant=OutputRange(-3, -100, 120),
+                       acc_shift=acc_shift, engine="amx")
+    win = MaxPoolWindow(*pool)
+    rng = np.random.default_rng(H)
+    w = rng.integers(-128, 128, (N, C, k, k))
+    x = rng.integers(-128, 128, spec.in_shape).astype(np.int8)
+    kw = {"bias": rng.integers(-9999, 9999, N), "a_zero_point": 3,
+          "mult": rng.integers(1 << 28, 1 << 30, N) >> acc_shift, "shift": np.full(N, 38)}
+    outs = []
+    for one in (spec, replace(spec, pool=win)):
+        kernel = k8.build_conv(one, HOST, 3)
+        outs.append(kernel.bind(k8.pack_conv_weights(one, HOST, w, **kw))(x))
+    assert outs[1].shape == replace(spec, pool=win).out_shape
+    np.testing.assert_array_equal(outs[1], _max_pool(outs[0], win))
+    assert len(np.unique(outs[1])) > 10
+
+
+def test_fused_max_pool_needs_tiles_and_codes():
+    from lowbit.codegen.kernels.common import MaxPoolWindow
+
+    win = MaxPoolWindow((3, 3), (2, 2), (1, 1, 1, 1))
+    with pytest.raises(LoweringError, match="needs engine 'amx'"):
+        k8.ConvSpec(1, 3, 16, 16, 32, 3, 3, requant=OutputRange(0, 0, 255), pool=win)
+    with pytest.raises(LoweringError, match="needs engine 'amx'"):
+        k8.ConvSpec(1, 3, 16, 16, 32, 3, 3, engine="amx", pool=win)
+    with pytest.raises(LoweringError, match="smaller than its kernel side"):
+        MaxPoolWindow((3, 3), (2, 2), (1, 3, 1, 1))
+    assert win.out_shape(112, 111) == (56, 56)
+
+
 def test_taps_layout_for_few_channels():
     stem = k8.ConvSpec(1, 3, 224, 224, 64, 7, 7, (2, 2), (3, 3, 3, 3), engine="amx")
     g = amx.geometry(stem)

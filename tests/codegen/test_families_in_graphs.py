@@ -433,3 +433,38 @@ def test_arm64_graph_uses_neon_family_kernels():
     asm = "".join(m.inspect_source("asm") for m in ex.mod.imports if m.kind == "llvm")
     assert "cnt\t" in asm or "cnt " in asm
     assert "%rax" not in asm
+
+
+@pytest.mark.parametrize("also_output", [False, True])
+def test_amx_conv_then_max_pool_fused(also_output):
+    """QConv (amx, u8 codes with a folded ReLU) -> MaxPool 3x3/2 pad 1, the ResNet stem's
+    pattern: the conv's kernel pools (no pad / max_pool kernels left), bit-exact to the
+    simulator; when the conv's codes are also a graph output it stays unfused."""
+    from lowbit.codegen.kernels import amx
+    from lowbit.ir.attrs import PoolAttrs
+
+    if not amx.available(host()):
+        pytest.skip("host CPU has no AMX tiles")
+    rng = np.random.default_rng(7)
+    B, C, H, W, OC, k = 1, 3, 40, 38, 32, 7
+    OH, OW = (H + 6 - k) // 2 + 1, (W + 6 - k) // 2 + 1
+    rq = _requant(rng, OC, 5, DType.uint(8), 9, 255, 37)
+    g = conv_graph((B, C, H, W), rng.integers(-128, 128, (OC, C, k, k)),
+                   rng.integers(-999, 999, OC), rq,
+                   {"strides": (2, 2), "pads": (3, 3, 3, 3), "dilations": (1, 1), "group": 1,
+                    "acc_shift": 2}, uniform(8, True, 5), uniform(8, True), (B, OC, OH, OW))
+    conv = g.nodes[0]
+    conv.meta["kernel"] = "amx"
+    PH, PW = (OH + 2 - 3) // 2 + 1, (OW + 2 - 3) // 2 + 1
+    pool = g.add_node(Op.MAXPOOL, [conv.outputs[0]],
+                      PoolAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1)), name="pool",
+                      outputs=["p"], out_types=[(DType.uint(8), (B, OC, PH, PW))])
+    g.outputs = [pool.outputs[0]] + ([conv.outputs[0]] if also_output else [])
+    x = rng.integers(-128, 128, (B, C, H, W)).astype(np.int8)
+    assert len(np.unique(lowbit.run_reference(g, {"x": x})["p"])) > 10
+    assert_bit_exact(g, {"x": x})
+    names = [gv.name_hint for gv, _ in _lowered_functions(g)]
+    if also_output:
+        assert any("pool" in n for n in names) and "amx_qconv_maxpool" not in names, names
+    else:
+        assert names == ["amx_qconv_maxpool"], names
