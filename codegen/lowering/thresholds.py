@@ -61,7 +61,8 @@ def _chain(value: Value) -> list[Node] | None:
         chain.append(node)
         if node.op == Op.DEQUANTIZE:
             src = node.inputs[0]
-            if src is None or src.is_const or src.dtype.is_float or src.shape != shape:
+            if (src is None or src.is_const or src.dtype.is_float or src.shape != shape
+                    or any(v is not None and not v.is_const for v in node.inputs[1:])):
                 return None
             return chain[::-1]
         if node.op not in MONOTONE or not node.outputs[0].dtype.is_float:

@@ -143,3 +143,11 @@ def test_compiled_thresholds_bit_exact_and_without_float():
     names = [gv.name_hint for gv, f in mod.functions_items()
              if isinstance(f, tvm.tirx.PrimFunc)]
     assert names == ["sign"], names
+
+
+def test_a_runtime_scale_stays_float():
+    """A DequantizeLinear whose scale is a graph input: no compile-time thresholds."""
+    g = chain_graph(DType.int(8), 0.1, 0, shape=(4, C, 1, 1))
+    dq = next(n for n in g.nodes if n.op == Op.DEQUANTIZE)
+    dq.set_input(1, g.add_input("runtime_scale", FLOAT32, ()))
+    assert sign_thresholds(g.outputs[0].producer.inputs[0]) is None
