@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir.errors import LowbitError, LoweringError
-from .lowering import DEFERRED, LoweringContext, get_lowering
+from .lowering import LoweringContext, fused_pool, fused_sign, get_lowering
 
 
 def _struct_info(value):
@@ -92,14 +92,16 @@ def _lower(graph: Graph, target, stored: list | None):
     params = [relax.Var(v.name, _struct_info(v)) for v in graph.inputs]
     ctx = LoweringContext(bb, target, {v.name: p for v, p in zip(graph.inputs, params)},
                           stored)
+    ctx.fused = {**fused_sign.find(graph, target), **fused_pool.find(graph, target)}
+    absorbed = set().union(*(f.absorbed for f in ctx.fused.values()))
     with bb.function("main"):  # parameters at the end: stored weights join the inputs
         with bb.dataflow():
             for node in graph.nodes:
+                if node.name in absorbed:  # a consumer's lowering computes it (ctx.fused)
+                    continue
                 lowering = get_lowering(node)
                 try:
                     result = lowering(ctx, node)
-                    if result is DEFERRED:
-                        continue
                     vars_ = _outputs_of(bb, node, result)
                 except LowbitError:
                     raise

@@ -57,7 +57,9 @@ convs 1.1-1.25x the popcount kernel at stride 1 (56²·64 133 -> 110 us: a tile 
 ``tdpbsud`` bounds it) and slower at stride 2 and on 7²·512 (its byte weights miss L2).
 Kernel selection times the families per layer shape and keeps the fastest.
 
-Entry: ``x (B, C, H, W), w / wt, offset / off2, [bias], [mult, shift], y``. The first
+Entry: ``x (B, C, H, W), w / wt, offset / off2, [bias], [mult, shift] (XNOR: or [t,
+above, below], the threshold output of :mod:`.bitserial_conv`), y``; an int8 conv with a
+fused max-pool (``spec.pool``) writes the pooled codes (:func:`_pooled_epilogue`). The first
 statement asks Linux for the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM,
 XFEATURE_XTILEDATA)``, a no-op after the first call in a process); without it the first tile
 instruction faults. Targets: x86 with ``amx_tile`` and ``amx_int8`` (:func:`available`).
@@ -490,9 +492,14 @@ def xnor_conv_source(spec) -> str:
     r = spec.requant
     if r is not None:
         args += [f'mult: T.Buffer(({d.N},), "int64")', f'shift: T.Buffer(({d.N},), "int64")']
+    if spec.threshold:
+        args += [f't: T.Buffer(({d.N},), "int32")', f'above: T.Buffer(({d.N},), "int8")',
+                 f'below: T.Buffer(({d.N},), "int8")']
     args.append(f'y: T.Buffer(({d.B}, {d.N}, {d.OH}, {d.OW}), "{spec.out_dtype}")')
 
     def out(n, at):
+        if spec.threshold:
+            return f"T.Select(off2[{n}] + 2 * {at} >= t[{n}], above[{n}], below[{n}])"
         if r is None:
             return f"off2[{n}] + 2 * {at}"
         value = f"T.int64(off2[{n}]) + T.int64(2) * T.int64({at})"

@@ -21,7 +21,9 @@ packing differ:
   operands: nothing to AND / XOR popcounts; the XNOR form uses the true ``K``). The activation
   word of tap ``(kh, kw)``, word ``t`` at output ``(b, oh, ow)`` is
   ``xp[i, b, t, oh*s_h + kh, ow*s_w + kw]``: a direct load.
-* **out**: NCHW ``(B, N, OH, OW)``, the requant of :mod:`.bitserial` or ``acc`` (int32).
+* **out**: NCHW ``(B, N, OH, OW)``, the requant of :mod:`.bitserial`, ``acc`` (int32),
+  or with ``threshold`` int8 sign codes ``acc >= t[n] ? above[n] : below[n]`` (the next
+  binary layer's input, :mod:`lowbit.codegen.lowering.fused_sign`).
 
 Weights with uint activations in the bipolar-weight form (which need the per-row code sum ``U``)
 are not taken here; they stay on the im2col layout.
@@ -86,10 +88,16 @@ class BitConvSpec:
     requant: OutputRange | None = None
     pad_code: int = 0
     engine: str = "popcount"  # or "amx": the XNOR conv on AMX tiles (:mod:`.amx`)
+    #: accumulator out as int8 sign codes instead: ``y = acc >= t[n] ? above[n] : below[n]``
+    #: (three more (N,) inputs after the weights: int32 ``t``, int8 ``above`` / ``below``)
+    threshold: bool = False
 
     def __post_init__(self):
         if self.engine not in ENGINES:
             raise LoweringError(f"bitserial conv: engine {self.engine!r}; use one of {ENGINES}")
+        if self.threshold and self.requant is not None:
+            raise LoweringError("bitserial conv: a threshold output replaces the requant; "
+                                "pass requant=None")
         if min(self.B, self.C, self.H, self.W, self.N, self.KH, self.KW, *self.strides) < 1:
             raise LoweringError(f"bitserial conv: every size must be >= 1, got {self}")
         if min(self.OH, self.OW) < 1:
@@ -119,7 +127,7 @@ class BitConvSpec:
 
     @property
     def out_dtype(self) -> str:
-        return self.gemm.out_dtype
+        return "int8" if self.threshold else self.gemm.out_dtype
 
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
@@ -241,7 +249,14 @@ def _tir_func(spec: BitConvSpec, word_bits: int):
             return sx * sw * pop[b, oh, ow, n].astype("int32") + offset[n]
 
     args = [x, planes, offset]
-    if spec.requant is None:
+    if spec.threshold:
+        t = te.placeholder((N,), "int32", name="t")
+        above = te.placeholder((N,), "int8", name="above")
+        below = te.placeholder((N,), "int8", name="below")
+        y = te.compute(spec.out_shape, lambda b, n, oh, ow: tirx.Select(
+            at(b, n, oh, ow) >= t[n], above[n], below[n]), name="out")
+        args += [t, above, below]
+    elif spec.requant is None:
         y = te.compute(spec.out_shape, at, name="out")
     else:
         mult = te.placeholder((N,), "int64", name="mult")
@@ -275,8 +290,12 @@ def _schedule_cpu(func, spec: BitConvSpec, word_bits: int):
     sch.vectorize(ni)
     sch.parallel(no)
     sch.reverse_compute_at(out, oh)
-    _, oi = sch.split(sch.get_loops(out)[-1], [None, 8])  # a row of one channel
-    sch.vectorize(oi)
+    row = sch.get_loops(out)[-1]  # a row of one channel
+    if spec.OW % 8 and spec.OW <= 64:  # whole: a split tail is scalar code with a guard per
+        sch.vectorize(row)  # pixel (28-wide threshold rows: 92 -> 542 µs split by 8)
+    else:
+        _, oi = sch.split(row, [None, 8])
+        sch.vectorize(oi)
     pack = sch.get_sblock("pack")
     i, b, t, h, w = sch.get_loops(pack)
     sch.parallel(sch.fuse(i, b, t, h))
@@ -300,7 +319,7 @@ def lower(spec: BitConvSpec, target: Target):
 @functools.lru_cache(maxsize=64)
 def build(spec: BitConvSpec, target: Target):
     """Compile one conv shape for ``target`` (TVM module, entry ``main``: ``x, planes, offset,
-    [mult, shift], y``; AMX: ``x, wt, off2, [mult, shift], y``)."""
+    [mult, shift] or [t, above, below], y``; AMX: ``x, wt, off2, ...`` the same)."""
     import tvm
 
     from ..build import tir_pipeline

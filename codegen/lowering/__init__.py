@@ -32,10 +32,6 @@ REFERENCE = "reference"
 #: offsets and multipliers stay inside: they are small and do not shrink)
 STORED_MIN_BYTES = 1024
 
-#: a lowering's result for a node whose output a consumer's lowering computes fused (reading
-#: the node's inputs instead): nothing is bound for it, so any other reader fails loudly
-DEFERRED = object()
-
 LoweringFn = Callable[["LoweringContext", Node], object]
 _LOWERINGS: dict[tuple[Op, str], LoweringFn] = {}
 
@@ -109,6 +105,9 @@ class LoweringContext:
     #: ``[(name, relax.Var, ndarray)]`` when the kernels' weights are stored outside the library
     #: (:meth:`weight`), None to bind every constant inside it
     stored: list | None = None
+    #: consumer node name -> the producers its lowering computes fused into one kernel
+    #: (:mod:`.fused_sign`, :mod:`.fused_pool`); those producers are not lowered themselves
+    fused: dict = field(default_factory=dict)
 
     def input(self, node: Node, index: int):
         """The Relax expression of input ``index`` of ``node`` (None for an absent input)."""

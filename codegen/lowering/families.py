@@ -556,11 +556,16 @@ def _absorb_pad(ctx, node, plan: LayerPlan):
     p = tuple(int(v) for v in pad.attrs.pads)
     rq = requant.attrs.requant
     code = int(min(max(-1 if np.float32(pad.attrs.value) < 0 else 1, rq.lo), rq.hi))
-    raw = ctx.input(pad, 0)
-    H, W = [int(d) for d in raw.ty.shape][2:]
+    H, W = [int(d) for d in pad.inputs[0].shape][2:]
     spec = replace(plan.spec, H=H, W=W, pads=(p[2], p[3], p[6], p[7]), pad_code=code)
     bc, target = _kernels("bitserial_conv"), ctx.target
     plan = replace(plan, spec=spec, lower=lambda: bc.lower(spec, target)["main"])
+    fused = ctx.fused.get(node.name)
+    if fused is not None:  # the producing conv writes the codes (fused_sign)
+        from .fused_sign import emit
+
+        return plan, emit(ctx, fused)
+    raw = ctx.input(pad, 0)
     return plan, quantized.requantize(ctx, requant, x=raw, source=pad.inputs[0])
 
 
@@ -570,11 +575,6 @@ def lower_layer(ctx, node, family: str):
     epilogue."""
     from tvm import relax
 
-    from . import DEFERRED
-    from .fused_pool import fusable
-
-    if family == "amx" and fusable(node, ctx.target) is not None:
-        return DEFERRED  # the MaxPool after it computes both (fused_pool)
     plan, x = _absorb_pad(ctx, node, plan_layer(node, family, ctx.target))
     gv = _add_scheduled(ctx, plan.lower(), f"{family}_{node.name}")
     spec = plan.spec

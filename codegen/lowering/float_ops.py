@@ -462,11 +462,11 @@ def _pad_expr(ctx, x, begins, ends, value):
 def maxpool(ctx, node):
     """y = max over each (dilated) window; padding (−inf / the dtype minimum) never wins.
     Behind an AMX conv the conv's kernel pools (:mod:`.fused_pool`)."""
-    from .fused_pool import lower_pooled
+    from .fused_pool import FusedPool, emit
 
-    fused = lower_pooled(ctx, node)
-    if fused is not None:
-        return fused
+    fused = ctx.fused.get(node.name)
+    if isinstance(fused, FusedPool):
+        return emit(ctx, fused, node)
     R = _R()
     if len(node.outputs) > 1:
         raise fail(node, "the Indices output has no lowering; drop it")

@@ -6,8 +6,8 @@ out) whose only user is a 2-D MaxPool (dilation 1, floor mode, every pad smaller
 kernel side, no Indices output) is lowered as one kernel that writes the pooled codes:
 requant is monotone per channel (multiplier >= 0, then clamps), so ``maxpool(requant(acc)) =
 requant(maxpool(acc))``, and the kernel pools the raw tile sums while they are in L1, then
-requantizes a quarter of them (3x3/2). The conv's own lowering binds nothing
-(:data:`~lowbit.codegen.lowering.DEFERRED`); the MaxPool's lowering emits the fused call.
+requantizes a quarter of them (3x3/2). The conv is not lowered on its own
+(``LoweringContext.fused``); the MaxPool's lowering emits the fused call.
 The graph (and so the integer simulator) still says conv -> MaxPool; the output is the same
 bit for bit. Measured on the binarized ResNet-18's stem at 224² (one thread): conv + requant
 448 µs, then a pad (90 µs) and the u8 max-pool (44 µs); fused 346 µs.
@@ -15,11 +15,21 @@ bit for bit. Measured on the binarized ResNet-18's stem at 224² (one thread): c
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from ...ir import Node, Op
+from ...ir import Graph, Node, Op
 from ...ir.errors import LoweringError
 from . import out_dtype, out_shape
+
+
+@dataclass(frozen=True)
+class FusedPool:
+    """The conv whose kernel computes the MaxPool (``plan``: its amx plan with the pool in
+    the spec) and the nodes the fusion replaces (the conv)."""
+
+    conv: Node
+    plan: object
+    absorbed: frozenset[str]
 
 
 def _window(pool: Node):
@@ -35,6 +45,16 @@ def _window(pool: Node):
         return MaxPoolWindow(tuple(a.kernel_shape), tuple(a.strides), tuple(a.pads))
     except LoweringError:
         return None
+
+
+def find(graph: Graph, target) -> dict[str, FusedPool]:
+    """``{MaxPool name: FusedPool}`` for every conv + MaxPool pair of ``graph`` that fuses."""
+    out = {}
+    for node in graph.nodes:
+        found = fusable(node, target) if node.op == Op.QCONV else None
+        if found is not None:
+            out[found[0].name] = FusedPool(node, found[1], frozenset({node.name}))
+    return out
 
 
 def fusable(conv: Node, target):
@@ -69,17 +89,13 @@ def fusable(conv: Node, target):
                          lower=lambda: int8.lower_conv(spec, target, zx)["main"])
 
 
-def lower_pooled(ctx, pool: Node):
-    """The fused call for MaxPool ``pool`` when its producer conv fuses with it, else None."""
+def emit(ctx, fused: FusedPool, pool: Node):
+    """The fused call computing MaxPool ``pool`` from its conv's input."""
     from tvm import relax
 
     from .families import _add_scheduled
 
-    conv = pool.inputs[0].producer
-    found = fusable(conv, ctx.target) if conv is not None else None
-    if found is None or found[0] is not pool:
-        return None
-    plan = found[1]
+    conv, plan = fused.conv, fused.plan
     spec = plan.spec
     gv = _add_scheduled(ctx, plan.lower(), f"amx_{conv.name}_maxpool")
     x = ctx.input(conv, 0)

@@ -41,12 +41,14 @@ EXHAUSTIVE_BITS = 16
 
 @dataclass(frozen=True)
 class Thresholds:
-    """``y = q >= t[c] ? above[c] : below[c]`` on the integer ``source`` (channel axis 1)."""
+    """``y = q >= t[c] ? above[c] : below[c]`` on the integer ``source`` (channel axis 1);
+    ``nodes`` the float chain it replaces, the DequantizeLinear first."""
 
     source: Value
     t: np.ndarray
     above: np.ndarray
     below: np.ndarray
+    nodes: tuple[Node, ...] = ()
 
 
 def _chain(value: Value) -> list[Node] | None:
@@ -147,7 +149,7 @@ def sign_thresholds(value: Value) -> Thresholds | None:
     t = np.where(start == end, lo, t)  # a constant channel: always "above" (= below)
     return Thresholds(source, t.astype(source.dtype.numpy),
                       np.where(end, 1, -1).astype(np.int64),
-                      np.where(start, 1, -1).astype(np.int64))
+                      np.where(start, 1, -1).astype(np.int64), tuple(chain))
 
 
 def _bisect(chain, channels, rank, dtype, lo, hi, start, end) -> np.ndarray:

@@ -46,6 +46,32 @@ def _run(spec, w, x, bias, mult=None, shift=None):
     return y.numpy()
 
 
+@pytest.mark.parametrize("engine", ["popcount", pytest.param("amx", marks=needs_amx)])
+def test_xnor_conv_threshold_output(engine):
+    """``threshold=True``: the accumulator's per-channel compare written as int8 codes,
+    equal to the accumulator-out kernel's values compared in numpy (rising, falling and
+    constant channels)."""
+    spec = _spec(B=2, C=64, H=9, W=10, N=32, s=1, pad=1, engine=engine)
+    rng = np.random.default_rng(5)
+    w = rng.choice([-1, 1], (32, 64, 3, 3))
+    x = rng.choice(np.array([-1, 1], np.int8), (2, 64, 9, 10))
+    acc = _run(spec, w, x, np.zeros(32, np.int64))
+    t = rng.integers(-40, 40, 32).astype(np.int32)
+    above = rng.choice(np.array([-1, 1], np.int8), 32)
+    below = -above
+    below[:4] = above[:4]  # constant channels
+    one = replace(spec, threshold=True)
+    packed = bc.pack_conv_weights(one, HOST, w, bias=np.zeros(32, np.int64))
+    params = ([packed.wt, packed.offset] if engine == "amx" else [packed.planes, packed.offset])
+    y = tvm.runtime.tensor(np.zeros(one.out_shape, "int8"))
+    bc.build(one, HOST)["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in
+                                                          params + [t, above, below]], y)
+    c = (1, -1, 1, 1)
+    want = np.where(acc >= t.reshape(c), above.reshape(c), below.reshape(c))
+    np.testing.assert_array_equal(y.numpy(), want)
+    assert (want == 1).mean() > 0.2 and (want == -1).mean() > 0.2
+
+
 def _check(spec, w=None, x=None, seed=0):
     rng = np.random.default_rng(seed)
     if w is None:

@@ -468,3 +468,59 @@ def test_amx_conv_then_max_pool_fused(also_output):
         assert any("pool" in n for n in names) and "amx_qconv_maxpool" not in names, names
     else:
         assert names == ["amx_qconv_maxpool"], names
+
+
+def _sign_of(g, v, name, value=1.0):
+    """Pad(v, 1 pixel, ``value``) -> sign Requantize; returns the codes."""
+    from lowbit.ir.attrs import PadAttrs, RequantizeAttrs
+
+    B, C, H, W = v.shape
+    p = g.add_node(Op.PAD, [v], PadAttrs((0, 0, 1, 1, 0, 0, 1, 1), "constant", value),
+                   name=f"{name}_pad", outputs=[f"{name}_p"],
+                   out_types=[(FLOAT32, (B, C, H + 2, W + 2))]).outputs[0]
+    sign = Requant(0, (), (), 0, DType.int(2), -1, 1, binary=True)
+    s = g.add_node(Op.REQUANTIZE, [p], RequantizeAttrs(sign), name=f"{name}_sign",
+                   outputs=[f"{name}_s"], out_types=[(DType.int(2), (B, C, H + 2, W + 2))])
+    s.outputs[0].qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    return s.outputs[0]
+
+
+@pytest.mark.parametrize("family", ["bitserial", "amx"])
+def test_binary_conv_writes_the_next_convs_sign_codes(family):
+    """conv1 (w1a1, accumulators with acc_shift + bias) -> per-channel DequantizeLinear ->
+    Pad(1) -> sign -> conv2: conv1's kernel writes the sign codes itself (fused_sign: no
+    epilogue / threshold kernels left), bit-exact to the simulator."""
+    from lowbit.codegen.kernels import amx
+    from lowbit.ir.attrs import DequantizeAttrs
+
+    if family == "amx" and not amx.available(host()):
+        pytest.skip("host CPU has no AMX tiles")
+    rng = np.random.default_rng(11)
+    B, C, H, W, k = 2, 64, 6, 7, 3
+    binary = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    g = Graph("fused_sign")
+    f = g.add_input("f", FLOAT32, (B, C, H, W))
+    x = _sign_of(g, f, "in")
+    acc = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    outs = []
+    for i, src in enumerate([x, None]):
+        if src is None:  # the second conv reads sign(dequantize(conv1's accumulators))
+            scale = g.add_const((rng.random(C) * 0.1 + 0.01).astype(np.float32), "scale")
+            d = g.add_node(Op.DEQUANTIZE, [outs[0], scale], DequantizeAttrs(axis=1),
+                           name="dq", outputs=["d"], out_types=[(FLOAT32, (B, C, H, W))])
+            src = _sign_of(g, d.outputs[0], "mid")
+        wv = g.add_const(rng.choice([-1, 1], (C, C, k, k)).astype(np.int8), f"w{i}")
+        wv.qtype = binary
+        bias = g.add_const(rng.integers(-5000, 5000, C).astype(np.int32), f"b{i}")
+        attrs = QConvAttrs(requant=acc, acc_dtype=DType.int(32), strides=(1, 1),
+                           pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=4)
+        node = g.add_node(Op.QCONV, [src, wv, bias], attrs, name=f"conv{i}",
+                          outputs=[f"y{i}"], out_types=[(DType.int(32), (B, C, H, W))])
+        node.meta["kernel"] = family
+        outs.append(node.outputs[0])
+    g.outputs = [outs[1]]
+    feeds = {"f": rng.standard_normal((B, C, H, W)).astype(np.float32)}
+    assert_bit_exact(g, feeds)
+    names = [gv.name_hint for gv, _ in _lowered_functions(g)]
+    assert f"{family}_conv0_sign" in names and "dq" not in " ".join(names), names
+    assert not [n for n in names if "epilogue" in n and "conv0" in n], names
