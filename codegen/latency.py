@@ -7,8 +7,9 @@ The allocator's latency of a plan is predicted as::
 (:attr:`lowbit.compiler.planner.Planner.latency_matrix`): each layer's kernel scaled by its
 candidate's in-model factor, so a uniform plan predicts exactly its measured time.
 
-* ``T[l, c]`` (:func:`layer_costs`): layer ``l`` computed by the fastest kernel family that
-  takes it at candidate ``c`` -- the same one-node compile and timing as kernel selection
+* ``T[l, c]`` (:func:`layer_costs`): layer ``l`` computed by the kernel family that
+  selection would choose at candidate ``c`` (``select._fastest``) -- the same one-node
+  compile and timing as kernel selection
   (:func:`lowbit.codegen.select.measure_layer`: one thread, median, cache-hot), read from or
   added to the same disk cache (key: lowbit version and codegen revision, target, op, shapes,
   formats, epilogue, family). The node is taken from the integer graph in which *every* layer
@@ -98,7 +99,7 @@ def layer_costs(graphs: Sequence[Graph], layers: Sequence[str], target, *,
     (None: :func:`~lowbit.compiler.parallel.default_jobs`; workers only for at least
     :data:`MIN_PARALLEL_LAYERS` kernels), then timed one by one in this process, with no
     compile running beside them; results do not depend on ``jobs``."""
-    from .select import _static_choice, compile_layers, layer_key, time_layer
+    from .select import _fastest, _static_choice, compile_layers, layer_key, time_layer
     from .target import resolve_target
 
     if isinstance(target, str):
@@ -152,7 +153,7 @@ def layer_costs(graphs: Sequence[Graph], layers: Sequence[str], target, *,
                                 raise outcome
                             cache.put(key, time_layer(todo[key][0], outcome))
                         times[fam] = cache.get(key)
-                    best = min(pool, key=lambda f: (times[f], f))
+                    best = _fastest(node, pool, times, target)  # select_kernels' rule
                     ms[l, c] = times[best] / 1000.0
                 else:
                     best = pool[0] if kernels[c] is not None else _static_choice(pool)

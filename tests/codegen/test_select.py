@@ -12,6 +12,7 @@ import pytest
 from lowbit.codegen import select
 from lowbit.codegen.revision import revision
 from lowbit.codegen.select import STATIC_PREFERENCE, KernelChoice, MeasurementCache, select_kernels
+from lowbit.codegen.target import resolve_target
 from lowbit.ir import Graph, LoweringError, Op
 
 tvm = pytest.importorskip("tvm")
@@ -47,7 +48,7 @@ def test_measured_selection_caches_to_disk(tmp_path, monkeypatch, cnn):
         # (on CPUs with AMX tiles the amx family competes for some of them too)
         assert set(times) - {"amx"} == {"int8", "reference"}
         assert all(t > 0 for t in times.values())
-        assert c.family == min(times, key=lambda f: (times[f], f))
+        assert times[c.family] <= min(times.values()) * (1 + select.TIE_TOLERANCE)
         assert node.meta["kernel"] == c.family
         assert node.meta["kernel_us"] == pytest.approx(times[c.family], abs=1e-3)
     conv_times = dict(first[layers(graph)[1].name].candidates)
@@ -68,8 +69,8 @@ def test_measured_selection_caches_to_disk(tmp_path, monkeypatch, cnn):
 
 
 def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch, cnn):
-    """Equal times: the alphabetically first family wins; without cache_dir the cache lives
-    under $XDG_CACHE_HOME/lowbit/kernels.json."""
+    """Equal times and equal weight bytes: the alphabetically first family wins; without
+    cache_dir the cache lives under $XDG_CACHE_HOME/lowbit/kernels.json."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
 
@@ -80,8 +81,12 @@ def test_ties_break_by_name_and_default_cache_path(tmp_path, monkeypatch, cnn):
     monkeypatch.setattr(select, "measure_layer", fixed)
     graph = cnn("w2a2")
     choices = select_kernels(graph, "x86", measure=True)
-    assert choices[layers(graph)[1].name].family == "bitserial"  # < int8 < lut < reference
-    assert choices[layers(graph)[0].name].family == "int8"
+    host = resolve_target("x86")
+    for node in layers(graph)[:2]:  # the fewest packed weight bytes, then the name
+        pool = [f for f, _ in choices[node.name].candidates if f != "reference"]
+        want = min(pool, key=lambda f: (select._weight_bytes(node, f, host), f))
+        assert choices[node.name].family == want
+    assert choices[layers(graph)[0].name].family == "int8"  # never reference on a tie
     assert (tmp_path / "lowbit" / "kernels.json").exists()
     # every candidate of every layer timed once: 2 + 4 + 4 + 2, plus amx where the CPU has
     # AMX tiles and a layer fills them (the third conv, as im2col + the tile GEMM)
@@ -198,3 +203,19 @@ def test_time_executables_takes_turns_and_orders_by_work(monkeypatch):
     small, big = relu(4), relu(256)
     us = select.time_executables([small, big], repeats=3)
     assert len(us) == 2 and 0 < us[0] < us[1]
+
+
+@pytest.mark.parametrize("lut_us,want", [(10.3, "lut"), (11.0, "bitserial")])
+def test_near_ties_go_to_the_smaller_weights(monkeypatch, tmp_path, cnn, lut_us, want):
+    """Within TIE_TOLERANCE of the fastest the family storing fewer weight bytes wins (lut's
+    2-bit codes over the popcount kernel's word-padded planes); beyond it the fastest."""
+    fake = {"bitserial": 10.0, "int8": 30.0, "lut": lut_us}
+    monkeypatch.setattr(select, "measure_layer",
+                        lambda node, family, target: fake.get(family, 99.0))
+    graph = cnn("w2a2")
+    conv = layers(graph)[1]
+    choices = select_kernels(graph, "x86", measure=True, cache_dir=tmp_path)
+    host = resolve_target("x86")
+    assert select._weight_bytes(conv, "lut", host) < select._weight_bytes(
+        conv, "bitserial", host)
+    assert choices[conv.name].family == want
