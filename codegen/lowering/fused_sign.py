@@ -34,6 +34,7 @@ class FusedSign:
     replaces (the layer, the float chain, the Pad, the Requantize)."""
 
     conv: Node
+    plan: object  # the layer's LayerPlan (bitconv, accumulators out), packed once in find()
     t: np.ndarray
     above: np.ndarray
     below: np.ndarray
@@ -77,7 +78,7 @@ def find(graph: Graph, target) -> dict[str, FusedSign]:
             continue
         rq = requant.attrs.requant
         t, above, below = _accumulator_thresholds(conv, th)
-        out[node.name] = FusedSign(conv, t, np.clip(above, rq.lo, rq.hi).astype(np.int8),
+        out[node.name] = FusedSign(conv, plan, t, np.clip(above, rq.lo, rq.hi).astype(np.int8),
                                    np.clip(below, rq.lo, rq.hi).astype(np.int8),
                                    frozenset(n.name for n in chain))
     return out
@@ -111,11 +112,11 @@ def emit(ctx, fused: FusedSign):
     from tvm import relax
 
     from . import out_shape
-    from .families import _absorb_pad, _add_scheduled, _kernels, plan_layer
+    from .families import _absorb_pad, _add_scheduled, _kernels
 
     conv = fused.conv
     family = conv.meta["kernel"]
-    plan, x = _absorb_pad(ctx, conv, plan_layer(conv, family, ctx.target))
+    plan, x = _absorb_pad(ctx, conv, fused.plan)
     spec = replace(plan.spec, threshold=True)
     prim = _kernels("bitserial_conv").lower(spec, ctx.target)["main"]
     gv = _add_scheduled(ctx, prim, f"{family}_{conv.name}_sign")
