@@ -300,7 +300,8 @@ def permission_line(indent: str) -> str:
 
 def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
     """TVMScript of one AMX conv (module docstring): ``args`` the entry's buffers (``x`` first,
-    ``wt`` second), ``byte(src)`` the unsigned byte of activation expression ``src``,
+    ``wt`` second), ``byte(src, c)`` the unsigned byte of activation expression ``src`` of
+    channel expression ``c``,
     ``pad_byte`` the byte of a padded pixel, ``out(n, at)`` the output of channel ``n`` from
     the tile sum ``at`` (int32)."""
     d, g = dims(spec), geometry(spec)
@@ -314,7 +315,7 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
         src = (f"x[b, T.min({c}, {C - 1}), T.min(T.max({h}, 0), {H - 1}), "
                f"T.min(T.max({w_}, 0), {W - 1})]")
         # channels past C are 0 (their weights are 0 too); padded pixels carry pad_byte
-        return (f"T.Select({c} < {C}, T.Select({inside}, T.Cast('uint32', {byte(src)}), "
+        return (f"T.Select({c} < {C}, T.Select({inside}, T.Cast('uint32', {byte(src, c)}), "
                 f"T.uint32({pad_byte})), T.uint32(0))")
 
     taps = g.layout == "taps"
@@ -330,7 +331,7 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
                 f"            xpad[b, c, row, col] = T.uint8({pad_byte})",
                 f"    for b, c, h in T.grid({B}, {C}, {H}):",
                 f"        for w_ in T.vectorized({W}):",
-                f"            xpad[b, c, h + {pt}, w_ + {pl}] = {byte('x[b, c, h, w_]')}",
+                f"            xpad[b, c, h + {pt}, w_ + {pl}] = {byte('x[b, c, h, w_]', 'c')}",
                 f'    xw = T.alloc_buffer(({B}, {C}, {g.HX}, {g.Q}, {P}), "uint32")',
                 f"    for b, c, row, q in T.grid({B}, {C}, {g.HX}, {g.Q}):",
                 f"        for ow in T.vectorized({P}):",
@@ -486,7 +487,8 @@ def xnor_conv_source(spec) -> str:
         raise LoweringError(f"amx xnor conv: needs bipolar x bipolar, got {spec.w_format} x "
                             f"{spec.a_format}")
     g, d = geometry(spec), dims(spec)
-    args = [f'x: T.Buffer(({d.B}, {d.C}, {d.H}, {d.W}), "int8")',
+    x_dtype = spec.in_threshold or "int8"
+    args = [f'x: T.Buffer(({d.B}, {d.C}, {d.H}, {d.W}), "{x_dtype}")',
             f'wt: T.Buffer({weight_shape(spec)}, "int8")',
             f'off2: T.Buffer(({g.NP},), "int32")']
     r = spec.requant
@@ -495,6 +497,8 @@ def xnor_conv_source(spec) -> str:
     if spec.threshold:
         args += [f't: T.Buffer(({d.N},), "int32")', f'above: T.Buffer(({d.N},), "int8")',
                  f'below: T.Buffer(({d.N},), "int8")']
+    if spec.in_threshold is not None:  # the input codes: per-channel thresholds of x
+        args += [f'ti: T.Buffer(({d.C},), "{x_dtype}")', f'flip: T.Buffer(({d.C},), "uint8")']
     args.append(f'y: T.Buffer(({d.B}, {d.N}, {d.OH}, {d.OW}), "{spec.out_dtype}")')
 
     def out(n, at):
@@ -508,7 +512,9 @@ def xnor_conv_source(spec) -> str:
                 f">> shift[{n}]) + T.int64({r.zero_point}), T.int64({r.hi})), "
                 f"T.int64({r.lo})))")
 
-    def byte(src):
+    def byte(src, c):
+        if spec.in_threshold is not None:  # bit (q >= ti[c]) xor flip[c], as the popcount pack
+            return f'T.bitwise_xor(T.Cast("uint8", {src} >= ti[{c}]), flip[{c}])'
         return f"T.Select({src} > T.int8(0), T.uint8(1), T.uint8(0))"
 
     return _conv_source(spec, args, byte, 1 if spec.pad_code > 0 else 0, out)
@@ -538,7 +544,7 @@ def int8_conv_source(spec, zero_point: int) -> str:
                             f"wrap; K = {d.C * d.KH * d.KW} is too large")
     args = _int8_args(spec, (d.B, d.C, d.H, d.W), weight_shape(spec), d.N, spec.out_shape)
     pad = (zero_point + (128 if spec.a_dtype == "int8" else 0)) & 0xFF
-    source = _conv_source(spec, args, lambda src: int8._byte(src, spec.a_dtype), pad,
+    source = _conv_source(spec, args, lambda src, _: int8._byte(src, spec.a_dtype), pad,
                           lambda n, at: int8._output_value(at, n, spec.requant,
                                                            spec.out_dtype, spec.acc_shift))
     return source.replace("wt.access_ptr", "w.access_ptr")

@@ -15,7 +15,9 @@ packing differ:
 * **pack** (a block of the same PrimFunc): ``xp[i, b, t, h, w]`` (uint{W}) holds plane ``i`` of
   channels ``t*W .. t*W + W - 1`` of padded pixel ``(h, w)``, LSB first, bits past ``C`` zero. The
   codes are read once per pixel: ``B*C*Hp*Wp`` of them, where im2col packing reads
-  ``KH*KW`` times more (a 3x3 conv: 9x).
+  ``KH*KW`` times more (a 3x3 conv: 9x). With ``in_threshold`` the bits are per-channel
+  thresholds of raw integer codes (``(q >= ti[c]) xor flip[c]``: the sign of a residual
+  stream's BN), so no separate pass writes sign codes.
 * **pop**: K runs tap-major, ``k = (kh*KW + kw)*Cw*W + c`` with ``Cw = ceil(C / W)`` words per
   tap; the weight planes are laid out the same way with zero bits for ``c >= C`` (zero in both
   operands: nothing to AND / XOR popcounts; the XNOR form uses the true ``K``). The activation
@@ -91,6 +93,10 @@ class BitConvSpec:
     #: accumulator out as int8 sign codes instead: ``y = acc >= t[n] ? above[n] : below[n]``
     #: (three more (N,) inputs after the weights: int32 ``t``, int8 ``above`` / ``below``)
     threshold: bool = False
+    #: bipolar 1-bit codes computed by the pack from raw integer codes ``q`` of this dtype:
+    #: bit ``(q >= ti[c]) xor flip[c]`` (1: code +1; two more (C,) inputs, last: ``ti`` of
+    #: this dtype, ``flip`` uint8; the border still reads ``pad_code``)
+    in_threshold: str | None = None
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -98,6 +104,8 @@ class BitConvSpec:
         if self.threshold and self.requant is not None:
             raise LoweringError("bitserial conv: a threshold output replaces the requant; "
                                 "pass requant=None")
+        if self.in_threshold is not None and (self.a_format, self.a_bits) != ("bipolar", 1):
+            raise LoweringError("bitserial conv: input thresholds make 1-bit bipolar codes")
         if min(self.B, self.C, self.H, self.W, self.N, self.KH, self.KW, *self.strides) < 1:
             raise LoweringError(f"bitserial conv: every size must be >= 1, got {self}")
         if min(self.OH, self.OW) < 1:
@@ -181,34 +189,51 @@ def _tir_func(spec: BitConvSpec, word_bits: int):
     T = n_tile(W)
     NT = -(-N // T)
     KT = spec.KH * spec.KW * Cw
-    x = te.placeholder((B, C, H, Wd), spec.a_dtype, name="x")
+    x = te.placeholder((B, C, H, Wd), spec.in_threshold or spec.a_dtype, name="x")
     planes = te.placeholder((spec.w_bits, NT, KT, T), wdt, name="planes")
     offset = te.placeholder((N,), "int32", name="offset")
     a_dt = spec.a_dtype
     pad = tirx.const(spec.pad_code, a_dt)
-
-    def code(b, c, h, w):
-        hh, ww = h - pt, w - pl
-        if not any(spec.pads):
-            return x[b, c, hh, ww]
-        inside = tirx.all(hh >= 0, hh < H, ww >= 0, ww < Wd)
-        src = x[b, c, tirx.min(tirx.max(hh, 0), H - 1), tirx.min(tirx.max(ww, 0), Wd - 1)]
-        return tirx.if_then_else(inside, src, pad)
+    in_args = []
+    if spec.in_threshold is not None:
+        in_args = [te.placeholder((C,), spec.in_threshold, name="ti"),
+                   te.placeholder((C,), "uint8", name="flip")]
 
     def bit(i, v):
         if spec.a_format == "bipolar":
             return (v > tirx.const(0, a_dt)).astype(wdt)
         return ((v >> i.astype(a_dt)) & tirx.const(1, a_dt)).astype(wdt)
 
-    def pack_body(i, b, t, h, w):  # one spatial expression: W shifted bits OR-ed together
+    def bit_at(i, b, c, h, w):
+        if not in_args:
+            return bit(i, x[b, c, h, w])
+        ti, flip = in_args  # no select of loads: LLVM turns one into scalar pointer selects
+        return tirx.bitwise_xor(x[b, c, h, w] >= ti[c],
+                                flip[c] != tirx.const(0, "uint8")).astype(wdt)
+
+    def word_of(t, bit_of):  # W shifted bits OR-ed together, bits past C zero
         word = tirx.const(0, wdt)
         for e in range(W):
             c = t * W + e
-            v = bit(i, code(b, tirx.min(c, C - 1), h, w)) << tirx.const(e, wdt)
+            v = bit_of(tirx.min(c, C - 1)) << tirx.const(e, wdt)
             if C % W:
                 v = tirx.if_then_else(c < C, v, tirx.const(0, wdt))
             word = word | v
         return word
+
+    border = _border_word(spec, W)
+
+    def pack_body(i, b, t, h, w):  # one spatial expression per word
+        hh, ww = h - pt, w - pl
+        if not any(spec.pads):
+            return word_of(t, lambda c: bit_at(i, b, c, hh, ww))
+        inside = tirx.all(hh >= 0, hh < H, ww >= 0, ww < Wd)
+        if border is not None:  # one condition around the word: the pad splits off
+            return tirx.if_then_else(inside, word_of(t, lambda c: bit_at(i, b, c, hh, ww)),
+                                     tirx.const(border, wdt))
+        hc, wc = tirx.min(tirx.max(hh, 0), H - 1), tirx.min(tirx.max(ww, 0), Wd - 1)
+        return word_of(t, lambda c: tirx.if_then_else(inside, bit_at(i, b, c, hc, wc),
+                                                      bit(i, pad)))
     xp = te.compute((A, B, Cw, Hp, Wp), pack_body, name="pack")
 
     kh = te.reduce_axis((0, spec.KH), name="kh")
@@ -273,7 +298,18 @@ def _tir_func(spec: BitConvSpec, word_bits: int):
             return v.astype(spec.out_dtype)
         y = te.compute(spec.out_shape, requant, name="out")
         args += [mult, shift]
-    return te.create_prim_func(args + [y])
+    return te.create_prim_func(args + in_args + [y])
+
+
+def _border_word(spec: BitConvSpec, word_bits: int) -> int | None:
+    """The packed word of a border pixel when it is one constant for every word (one plane,
+    and all words full or the pad bit 0), else None."""
+    if spec.a_bits != 1:
+        return None
+    on = spec.pad_code > 0 if spec.a_format == "bipolar" else spec.pad_code & 1
+    if on and spec.C % word_bits:
+        return None
+    return (1 << word_bits) - 1 if on else 0
 
 
 def _schedule_cpu(func, spec: BitConvSpec, word_bits: int):
@@ -298,10 +334,30 @@ def _schedule_cpu(func, spec: BitConvSpec, word_bits: int):
         sch.vectorize(oi)
     pack = sch.get_sblock("pack")
     i, b, t, h, w = sch.get_loops(pack)
+    if any(spec.pads) and _border_word(spec, word_bits) is not None:
+        # border words first, then the interior without conditions
+        fill = sch.decompose_padding(pack, i)
+        fi, fb, ft, fh, fw = sch.get_loops(fill)
+        sch.parallel(sch.fuse(fi, fb, ft, fh))
+        _vectorize_row(sch, fw)
+        i, b, t, h, w = sch.get_loops(pack)
     sch.parallel(sch.fuse(i, b, t, h))
-    _, wi = sch.split(w, [None, 16])
-    sch.vectorize(wi)
+    _vectorize_row(sch, w)
     return sch.mod
+
+
+#: a pack row up to this many pixels is vectorized whole (LLVM cuts it into full vectors and
+#: a short tail); a 16-pixel split of a 56- or 58-wide row leaves a predicated partial vector
+PACK_WHOLE_ROW = 64
+
+
+def _vectorize_row(sch, loop) -> None:
+    extent = int(sch.get(loop).extent)
+    if extent <= PACK_WHOLE_ROW:
+        sch.vectorize(loop)
+    else:
+        _, inner = sch.split(loop, [None, 16])
+        sch.vectorize(inner)
 
 
 def lower(spec: BitConvSpec, target: Target):
@@ -319,7 +375,8 @@ def lower(spec: BitConvSpec, target: Target):
 @functools.lru_cache(maxsize=64)
 def build(spec: BitConvSpec, target: Target):
     """Compile one conv shape for ``target`` (TVM module, entry ``main``: ``x, planes, offset,
-    [mult, shift] or [t, above, below], y``; AMX: ``x, wt, off2, ...`` the same)."""
+    [mult, shift] or [t, above, below], [ti, flip], y``; AMX: ``x, wt, off2, ...`` the
+    same)."""
     import tvm
 
     from ..build import tir_pipeline

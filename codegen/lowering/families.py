@@ -58,6 +58,7 @@ from ...ir import Node, Op
 from ...ir.errors import LoweringError
 from . import _identifier, fail, out_dtype, out_shape, register_lowering
 from .quantized import _channel_count, _Requant
+from .thresholds import sign_thresholds
 
 
 # -- adapters: layer -> family spec ---------------------------------------------------------------
@@ -219,6 +220,8 @@ class LayerPlan:
     gemm_shape: tuple[int, int, int]
     pad_code: int = 0
     border: np.ndarray | None = None
+    #: constant arrays passed after every other argument (a bitconv's input thresholds)
+    extra: tuple = ()
 
 
 def _geometry(node: Node) -> ConvGeometry:
@@ -565,6 +568,16 @@ def _absorb_pad(ctx, node, plan: LayerPlan):
         from .fused_sign import emit
 
         return plan, emit(ctx, fused)
+    found = sign_thresholds(pad.inputs[0])
+    if found is not None and found.source.shape == pad.inputs[0].shape:
+        # the pack thresholds the integer codes itself: no pass writes the sign codes
+        up, down = (np.clip(v, rq.lo, rq.hi) > 0 for v in (found.above, found.below))
+        dtype = found.source.dtype.numpy
+        ti = np.where(up == down, np.iinfo(dtype).min, found.t).astype(dtype)
+        spec = replace(spec, in_threshold=str(np.dtype(dtype)))
+        plan = replace(plan, spec=spec, lower=lambda: bc.lower(spec, target)["main"],
+                       extra=(ti, (~up).astype(np.uint8)))
+        return plan, ctx.values[found.source.name]
     raw = ctx.input(pad, 0)
     return plan, quantized.requantize(ctx, requant, x=raw, source=pad.inputs[0])
 
@@ -586,11 +599,12 @@ def lower_layer(ctx, node, family: str):
     else:
         if plan.layout == "gemm" and len(x_shape) != 2:
             x = ctx.bb.emit(relax.op.reshape(x, (M, K)))
-        if str(x.ty.dtype) != a_dtype:
+        if str(x.ty.dtype) != a_dtype and getattr(spec, "in_threshold", None) is None:
             x = ctx.bb.emit(relax.op.astype(x, a_dtype))
     y_shape = (M, N) if plan.layout in ("gemm", "im2col") else out_shape(node)
     args = relax.Tuple([x, *[ctx.weight(p, f"{node.name}:w{i}")
-                             for i, p in enumerate(plan.params)]])
+                             for i, p in enumerate(plan.params)],
+                        *[ctx.constant(a) for a in plan.extra]])
     y = ctx.bb.emit(relax.call_tir(gv, args, out_ty=relax.TensorType(y_shape, spec.out_dtype)))
     if plan.fused:
         if spec.out_dtype != out_dtype(node):

@@ -120,9 +120,9 @@ def emit(ctx, fused: FusedSign):
     spec = replace(plan.spec, threshold=True)
     prim = _kernels("bitserial_conv").lower(spec, ctx.target)["main"]
     gv = _add_scheduled(ctx, prim, f"{family}_{conv.name}_sign")
-    if str(x.ty.dtype) != spec.a_dtype:
+    if str(x.ty.dtype) != spec.a_dtype and spec.in_threshold is None:
         x = ctx.bb.emit(relax.op.astype(x, spec.a_dtype))
     params = [ctx.weight(p, f"{conv.name}:w{i}") for i, p in enumerate(plan.params)]
-    params += [ctx.constant(a) for a in (fused.t, fused.above, fused.below)]
+    params += [ctx.constant(a) for a in (fused.t, fused.above, fused.below, *plan.extra)]
     return ctx.bb.emit(relax.call_tir(gv, relax.Tuple([x, *params]),
                                       out_ty=relax.TensorType(out_shape(conv), "int8")))

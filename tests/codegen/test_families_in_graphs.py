@@ -524,3 +524,49 @@ def test_binary_conv_writes_the_next_convs_sign_codes(family):
     names = [gv.name_hint for gv, _ in _lowered_functions(g)]
     assert f"{family}_conv0_sign" in names and "dq" not in " ".join(names), names
     assert not [n for n in names if "epilogue" in n and "conv0" in n], names
+
+
+@pytest.mark.parametrize("family", ["bitserial", "amx"])
+@pytest.mark.parametrize("dtype,zp,value", [(DType.int(8), -5, 1.0), (DType.uint(8), 130, -0.5)])
+def test_bitconv_pack_thresholds_integer_codes(family, dtype, zp, value):
+    """Integer codes (a residual stream) -> per-channel DequantizeLinear -> Mul (some negative
+    gammas: inverted predicates) -> Add -> Pad(1, value) -> sign -> a w1a1 direct conv
+    (popcount or AMX XNOR): the conv's pack computes the sign codes from the integer codes by
+    per-channel thresholds (no threshold kernel of its own), bit-exact to the simulator,
+    border code sign(value)."""
+    from lowbit.codegen.kernels import amx
+    from lowbit.ir.attrs import DequantizeAttrs
+
+    if family == "amx" and not amx.available(host()):
+        pytest.skip("host CPU has no AMX tiles")
+    rng = np.random.default_rng(abs(zp))
+    B, C, H, W, OC, k = (2, 70, 5, 6, 9, 3) if family == "bitserial" else (2, 64, 5, 6, 32, 3)
+    g = Graph("pack_thresholds")
+    x = g.add_input("x", dtype, (B, C, H, W))
+    scale = g.add_const((rng.random(C) * 0.1 + 0.01).astype(np.float32), "scale")
+    zero = g.add_const(np.full(C, zp, dtype.numpy), "zp")
+    v = g.add_node(Op.DEQUANTIZE, [x, scale, zero], DequantizeAttrs(axis=1), name="dq",
+                   outputs=["d"], out_types=[(FLOAT32, (B, C, H, W))]).outputs[0]
+    for op, const in ((Op.MUL, np.linspace(-2, 2, C)), (Op.ADD, rng.standard_normal(C))):
+        c = g.add_const(const.astype(np.float32).reshape(C, 1, 1), f"c_{op.value}")
+        v = g.add_node(op, [v, c], None, name=f"bn_{op.value}", outputs=[f"v_{op.value}"],
+                       out_types=[(FLOAT32, (B, C, H, W))]).outputs[0]
+    s = _sign_of(g, v, "in", value)
+    wv = g.add_const(rng.choice([-1, 1], (OC, C, k, k)).astype(np.int8), "w")
+    wv.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), strides=(1, 1),
+                       pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=0)
+    node = g.add_node(Op.QCONV, [s, wv, g.add_const(np.zeros(OC, np.int32), "b")], attrs,
+                      name="qconv", outputs=["y"], out_types=[(DType.int(32), (B, OC, H, W))])
+    node.meta["kernel"] = family
+    g.outputs = [node.outputs[0]]
+    info = np.iinfo(dtype.numpy)
+    feeds = {"x": rng.integers(info.min, info.max + 1, (B, C, H, W)).astype(dtype.numpy)}
+    feeds["x"][0, :, 0, 0] = info.min
+    feeds["x"][1, :, 0, 0] = info.max
+    want = lowbit.run_reference(g, feeds)["y"]
+    assert len(np.unique(want)) > 10
+    assert_bit_exact(g, feeds)
+    names = [gv.name_hint for gv, _ in _lowered_functions(g)]
+    assert names == [f"{family}_qconv"], names
