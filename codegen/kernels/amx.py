@@ -319,12 +319,18 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
                 f"T.uint32({pad_byte})), T.uint32(0))")
 
     taps = g.layout == "taps"
-    if taps:  # word (b, c, row, q, ow): taps 4q..4q+3 of output column ow in padded row
+    pool = getattr(spec, "pool", None)
+    # a fused pool of column stride > 1 reads the row's columns by residue: the taps layout
+    # stores them so (pixel_order), and every pool tap is then a unit-stride vector load
+    order = pixel_order(OW, pool.strides[1]) if taps and pool is not None else None
+    if taps:  # word (b, c, row, q, p): taps 4q..4q+3 of output column ow = order⁻¹(p)
         # the bytes first go to a padded image (fill, then the rows copied in), so the words'
         # loads are plain strided vector loads (made dense by the lowbit_cpu pipeline)
         WX = max((P - 1) * s_w + 4 * g.Q, W + d.pads[1] + d.pads[3])
-        word = " | ".join(f"(T.Cast('uint32', xpad[b, c, row, ow * {s_w} + q * 4 + {i}]) << "
-                          f"T.uint32({8 * i}))" for i in range(4))
+
+        def word(ow):
+            return " | ".join(f"(T.Cast('uint32', xpad[b, c, row, ({ow}) * {s_w} + q * 4 + "
+                              f"{i}]) << T.uint32({8 * i}))" for i in range(4))
         pack = [f'    xpad = T.alloc_buffer(({B}, {C}, {g.HX}, {WX}), "uint8")',
                 f"    for b, c, row in T.grid({B}, {C}, {g.HX}):",
                 f"        for col in T.vectorized({WX}):",
@@ -333,9 +339,18 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
                 f"        for w_ in T.vectorized({W}):",
                 f"            xpad[b, c, h + {pt}, w_ + {pl}] = {byte('x[b, c, h, w_]', 'c')}",
                 f'    xw = T.alloc_buffer(({B}, {C}, {g.HX}, {g.Q}, {P}), "uint32")',
-                f"    for b, c, row, q in T.grid({B}, {C}, {g.HX}, {g.Q}):",
-                f"        for ow in T.vectorized({P}):",
-                f"            xw[b, c, row, q, ow] = {word}"]
+                f"    for b, c, row, q in T.grid({B}, {C}, {g.HX}, {g.Q}):"]
+        if order is None:
+            pack += [f"        for ow in T.vectorized({P}):",
+                     f"            xw[b, c, row, q, ow] = {word('ow')}"]
+        else:
+            sw = pool.strides[1]
+            for r, (start, count) in enumerate(zip(order.starts, order.counts)):
+                pack += [f"        for k in T.vectorized({count}):",
+                         f"            xw[b, c, row, q, {start} + k] = {word(f'k * {sw} + {r}')}"]
+            if P > OW:  # the pitch's padding columns keep their places
+                pack += [f"        for ow in T.vectorized({OW}, {P}):",
+                         f"            xw[b, c, row, q, ow] = {word('ow')}"]
     else:  # word (b, g, row, phase, q): channels 4g..4g+3 of padded pixel (row, q*s_w + ph)
         word = " | ".join(
             f"({code(f'g * 4 + {i}', f'row - {pt}', f'q * {s_w} + ph - {pl}')} << "
@@ -406,19 +421,21 @@ def _conv_source(spec, args: list[str], byte, pad_byte: int, out) -> str:
             "tilestored64", f"T.uint8({c})",
             f'acc.access_ptr("w", offset={nt * 16 * SL} + (tpi * 2 + {mt}) * 16)',
             f"T.int64({SL * 4})"))
-    pool = getattr(spec, "pool", None)
     if pool is None:
         at = f"acc[nn, oh * {P} + ow - {lo} * 32]"
         body = [f"for ow in T.vectorized({OW}):", f"    y[b, {n}, oh, ow] = {out(n, at)}"]
     else:
-        body = _pooled_epilogue(pool, OH, OW, P, lo, n, out)
+        body = _pooled_epilogue(pool, OH, OW, P, lo, n, out, order)
         at = lines.index(f'        acc = T.alloc_buffer((32, {SL}), "int32", scope="local")')
         vm = (_open_rows(pool), 32, pool.out_shape(OH, OW)[1])
         # vm lives across bands: touched here, at the nb level, so TVM does not place the
         # allocation inside the band / channel loops (the common scope of its other uses)
         lines[at + 1:at + 1] = [f'        vm = T.alloc_buffer({vm}, "int32", scope="local")',
                                 f"        for v, c, q in T.grid{vm}:",
-                                "            vm[v, c, q] = 0"]
+                                "            vm[v, c, q] = 0",
+                                f'        hm = T.alloc_buffer(({vm[2]},), "int32", scope="local")',
+                                f"        for q in T.serial({vm[2]}):",
+                                "            hm[q] = 0"]
     if N != g.NP:
         body = [f"if {n} < {N}:"] + ["    " + ln for ln in body]
     lines += ["            for nn in T.serial(32):",
@@ -433,14 +450,41 @@ def _open_rows(pool) -> int:
     return -(-pool.kernel[0] // pool.strides[0])
 
 
-def _pooled_epilogue(pool, OH: int, OW: int, P: int, lo: str, n: str, out) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class PixelOrder:
+    """A row's output columns grouped by residue mod ``stride``: column ``ow = k·stride + r``
+    sits at ``starts[r] + k`` (``counts[r]`` columns of residue ``r``)."""
+
+    stride: int
+    starts: tuple[int, ...]
+    counts: tuple[int, ...]
+
+    def at(self, offset: int, pw: int | str) -> str:
+        """Position of column ``pw·stride + offset`` (``pw`` an int or a loop variable)."""
+        r, k = offset % self.stride, offset // self.stride
+        return f"{self.starts[r] + k} + {pw}"
+
+
+def pixel_order(width: int, stride: int) -> PixelOrder | None:
+    """:class:`PixelOrder` of a ``width``-column row for a pool of column ``stride`` (None
+    for stride 1: the natural order is already unit stride)."""
+    if stride == 1:
+        return None
+    counts = tuple(-(-(width - r) // stride) for r in range(stride))
+    starts = tuple(sum(counts[:r]) for r in range(stride))
+    return PixelOrder(stride, starts, counts)
+
+
+def _pooled_epilogue(pool, OH: int, OW: int, P: int, lo: str, n: str, out,
+                     order: PixelOrder | None = None) -> list[str]:
     """Epilogue statements (per channel ``nn``, conv row ``oh`` of the band) of a conv with a
     fused max-pool (:class:`.common.MaxPoolWindow`): the row's accumulators are max-pooled
     along the row (taps clipped to the row: a clipped window still holds its in-bounds
     pixels, and a pad never wins) into ``vm[i % V]`` of every pooled row ``i`` whose window
     holds ``oh`` (started by its first real row, ``max`` after), and a pooled row whose last
     real row this is goes out through ``out`` (the requant: monotone, so pooling the raw
-    tile sums first is exact)."""
+    tile sums first is exact). With ``order`` the row's accumulators are in that
+    :class:`PixelOrder` (taps of a stride-2 pool: evens, then odds)."""
     (kh, kw), (sh, sw), (pt, pl, _, _) = pool.kernel, pool.strides, pool.pads
     PH, PW = pool.out_shape(OH, OW)
     V = _open_rows(pool)
@@ -448,16 +492,24 @@ def _pooled_epilogue(pool, OH: int, OW: int, P: int, lo: str, n: str, out) -> li
     def tap(col: str) -> str:
         return f"acc[nn, oh * {P} + {col} - {lo} * 32]"
 
+    def column(pw: int | str, dj: int) -> str:
+        if order is not None:
+            return order.at(dj - pl, pw)
+        return f"{pw} * {sw} + {dj - pl}"
+
     def row_max(pw: int | str, taps) -> str:
-        expr = tap(f"{pw} * {sw} + {taps[0] - pl}")
+        expr = tap(column(pw, taps[0]))
         for dj in taps[1:]:
-            expr = f"T.max({expr}, {tap(f'{pw} * {sw} + {dj - pl}')})"
+            expr = f"T.max({expr}, {tap(column(pw, dj))})"
         return expr
 
     inner = [pw for pw in range(PW) if pw * sw - pl >= 0 and pw * sw - pl + kw <= OW]
     border = [(pw, [dj for dj in range(kw) if 0 <= pw * sw - pl + dj < OW])
               for pw in range(PW) if pw not in inner]
-    lines = []
+    # the row's horizontal maxima once (hm), then into every open window
+    lines = [f"for pw in T.vectorized({inner[0]}, {inner[-1] + 1}):",
+             f"    hm[pw] = {row_max('pw', list(range(kw)))}"] if inner else []
+    lines += [f"hm[{pw}] = {row_max(pw, taps)}" for pw, taps in border]
     for t in range(V):  # the pooled rows i whose window may hold this conv row
         i = f"((oh + {pt}) // {sh} - {t})"
         last = f"T.min({OH - 1}, {i} * {sh} - {pt} + {kh - 1})"
@@ -465,16 +517,9 @@ def _pooled_epilogue(pool, OH: int, OW: int, P: int, lo: str, n: str, out) -> li
         lines.append(f"if {i} >= 0 and {i} < {PH} and oh <= {last}:")
         for start in (True, False):  # the window's first real row starts the max
             head = f"if oh == T.max(0, {i} * {sh} - {pt}):" if start else "else:"
-            lines.append("    " + head)
-            if inner:
-                value = row_max("pw", list(range(kw)))
-                lines += [f"        for pw in T.vectorized({inner[0]}, {inner[-1] + 1}):",
-                          f"            {slot}pw] = " + (value if start else
-                                                         f"T.max({slot}pw], {value})")]
-            for pw, taps in border:
-                value = row_max(pw, taps)
-                lines.append(f"        {slot}{pw}] = " + (value if start else
-                                                          f"T.max({slot}{pw}], {value})"))
+            lines += ["    " + head, f"        for pw in T.vectorized({PW}):",
+                      f"            {slot}pw] = " + ("hm[pw]" if start else
+                                                     f"T.max({slot}pw], hm[pw])")]
         lines += [f"    if oh == {last}:",
                   f"        for pw in T.vectorized({PW}):",
                   f"            y[b, {n}, {i}, pw] = {out(n, f'{slot}pw]')}"]

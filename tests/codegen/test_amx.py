@@ -232,7 +232,9 @@ def _max_pool(y: np.ndarray, win) -> np.ndarray:
     ((3, 37, 40, 64, 7, 2, 3), ((3, 3), (2, 2), (1, 1, 1, 1)), 0),  # odd sizes
     ((16, 19, 19, 32, 3, 1, 1), ((2, 3), (2, 1), (0, 1, 1, 2)), 0),  # channels layout
     ((64, 14, 14, 48, 3, 1, 1), ((3, 3), (3, 3), (0, 0, 0, 0)), 2),  # no pool padding
-], ids=["stem224", "odd", "channels", "nopad"])
+    ((3, 31, 33, 32, 5, 1, 2), ((3, 4), (2, 3), (1, 2, 0, 1)), 0),  # 3 column residues
+    ((3, 20, 21, 32, 3, 1, 1), ((3, 3), (1, 1), (1, 1, 1, 1)), 0),  # stride 1: natural order
+], ids=["stem224", "odd", "channels", "nopad", "residues3", "stride1"])
 def test_int8_conv_with_fused_max_pool(conv, pool, acc_shift):
     """A max-pool fused behind the requant equals the unfused conv's codes max-pooled."""
     from lowbit.codegen.kernels.common import MaxPoolWindow
