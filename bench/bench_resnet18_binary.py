@@ -27,14 +27,15 @@ back to back, cache-hot for that model (how ``onnxruntime_perf_test`` and ``tvmc
 --repeat`` time). A second timing with one call of each contender in turn gives every call
 after another model's call (ORT fp32 streams 46 MB of weights through the caches in
 between, and AMX / AVX-512 units may have powered down): both are reported. TVM fp32
-(~100x slower) is timed alone, 3+ runs. Ratios are ort-fp32 time over each contender's time (> 1: faster than
-ORT fp32). The 2-core machine is shared with other engineers: expect noise of tens of percent.
+(~100x slower) is timed alone, 3+ runs. Ratios are ort-fp32 time over each contender's time
+(> 1: faster than ORT fp32). The 2-core machine is shared with other engineers: expect noise
+of tens of percent.
 
 Profile (on unless ``--no-profile``): lowbit's compiled VM is instrumented
 (``VirtualMachine.set_instrument``) and the time of every kernel call is summed per kernel
-symbol and per category (:data:`_CATEGORIES`: binarized convs, sign-code glue, int8 stem /
-downsample / FC, residual QAdd, stem epilogue + max-pool, memory builtins), single thread, so the
-report can say where the time goes.
+symbol and per category (:data:`_CATEGORIES`: binarized convs, the input quantize, sign-code
+glue, int8 stem / downsample / FC, residual QAdd, stem epilogue + max-pool, memory builtins),
+single thread, so the report can say where the time goes.
 
 Run: ``python bench/bench_resnet18_binary.py [--resolution 224] [--threads 2 1] [--no-tvm-fp32]``.
 """
@@ -235,6 +236,8 @@ _CATEGORIES = (  # (category, test on a kernel symbol); the first that matches w
     ("int8 downsample 1x1 convs (vpdpbusd or AMX)",
      lambda s: s.startswith(("int8_", "amx_")) and "down_down" in s),
     ("int8 FC + logits dequantize", lambda s: "fc_Gemm" in s or "logits" in s),
+    ("input QuantizeLinear (float image -> int8)", lambda s: s.startswith("stem_") and
+     "input_fq" in s),
     ("sign codes: conv epilogue / residual stream -> dequantize -> pre-sign BN -> sign",
      lambda s: "input_fq" in s),
     ("residual QAdd (+ conv epilogues)", lambda s: "_Add" in s),
