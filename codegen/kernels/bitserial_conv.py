@@ -30,8 +30,11 @@ packing differ:
 Weights with uint activations in the bipolar-weight form (which need the per-row code sum ``U``)
 are not taken here; they stay on the im2col layout.
 
-CPU schedule: pack parallel over (plane, batch, word, row), 16 pixels of a row per vector
-(measured on Zen 5, 58x58x64: 8 per vector 45 us, 16 12 us); pop as :mod:`.bitserial` (parallel
+CPU schedule: pack parallel over (plane, batch, word, row), a row of up to 64 pixels as one
+vector, longer rows 16 pixels per vector (measured on Zen 5, 58x58x64: 8 per vector 45 us, 16
+12 us; on the AMX Xeon a 56-wide row split by 16 left a predicated tail: the 56²·64 conv
+153 -> 133-142 us whole), a constant border word written by its own loop first
+(``decompose_padding``) so the interior has no conditions; pop as :mod:`.bitserial` (parallel
 over N tiles of ``n_tile`` channels, per tile the output pixels, plane pairs, taps and words, the
 tile's channels innermost as one vector, popcounts summed in 64-bit lanes), the out stage
 computed per output row of the tile, vectorized along the row (per pixel it was 8 scalar
@@ -352,6 +355,7 @@ PACK_WHOLE_ROW = 64
 
 
 def _vectorize_row(sch, loop) -> None:
+    """Vectorize a pack row whole up to :data:`PACK_WHOLE_ROW` pixels, else by 16."""
     extent = int(sch.get(loop).extent)
     if extent <= PACK_WHOLE_ROW:
         sch.vectorize(loop)
