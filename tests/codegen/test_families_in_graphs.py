@@ -392,14 +392,8 @@ def test_bitconv_pads_sign_codes_itself(value, pads):
     s = g.add_node(Op.REQUANTIZE, [p], RequantizeAttrs(sign), name="sign", outputs=["s"],
                    out_types=[(DType.int(2), (B, C, Hp, Wp))]).outputs[0]
     s.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
-    wv = g.add_const(rng.choice([-1, 1], (OC, C, k, k)).astype(np.int8), "w")
-    wv.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
-    rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
-    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), strides=(1, 1),
-                       pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=0)
-    node = g.add_node(Op.QCONV, [s, wv, g.add_const(np.zeros(OC, np.int32), "b")], attrs,
-                      name="qconv", outputs=["y"],
-                      out_types=[(DType.int(32), (B, OC, Hp - k + 1, Wp - k + 1))])
+    node = _w1a1_conv(g, s, rng.choice([-1, 1], (OC, C, k, k)),
+                      (B, OC, Hp - k + 1, Wp - k + 1))
     node.meta["kernel"] = "bitserial"
     g.outputs = [node.outputs[0]]
     assert _padded_sign(node) is not None
@@ -409,6 +403,19 @@ def test_bitconv_pads_sign_codes_itself(value, pads):
     assert_bit_exact(g, feeds)
     names = [gv.name_hint for gv, _ in _lowered_functions(g)]
     assert not [n for n in names if "pad" in n], names
+
+
+def _w1a1_conv(g, s, w, out_shape):
+    """An unpadded stride-1 w1a1 QConv ``qconv`` of binary codes ``s`` with ±1 weights
+    ``w``, no bias, int32 accumulators out."""
+    wv = g.add_const(np.asarray(w, np.int8), "w")
+    wv.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
+    rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
+    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), strides=(1, 1),
+                       pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=0)
+    bias = g.add_const(np.zeros(out_shape[1], np.int32), "b")
+    return g.add_node(Op.QCONV, [s, wv, bias], attrs, name="qconv", outputs=["y"],
+                      out_types=[(DType.int(32), tuple(out_shape))])
 
 
 def _lowered_functions(g):
@@ -552,13 +559,7 @@ def test_bitconv_pack_thresholds_integer_codes(family, dtype, zp, value):
         v = g.add_node(op, [v, c], None, name=f"bn_{op.value}", outputs=[f"v_{op.value}"],
                        out_types=[(FLOAT32, (B, C, H, W))]).outputs[0]
     s = _sign_of(g, v, "in", value)
-    wv = g.add_const(rng.choice([-1, 1], (OC, C, k, k)).astype(np.int8), "w")
-    wv.qtype = QType(QKind.BINARY, 1, True, scale=(1.0,))
-    rq = Requant(0, (), (), 0, DType.int(32), -(1 << 31), (1 << 31) - 1)
-    attrs = QConvAttrs(requant=rq, acc_dtype=DType.int(32), strides=(1, 1),
-                       pads=(0, 0, 0, 0), dilations=(1, 1), group=1, acc_shift=0)
-    node = g.add_node(Op.QCONV, [s, wv, g.add_const(np.zeros(OC, np.int32), "b")], attrs,
-                      name="qconv", outputs=["y"], out_types=[(DType.int(32), (B, OC, H, W))])
+    node = _w1a1_conv(g, s, rng.choice([-1, 1], (OC, C, k, k)), (B, OC, H, W))
     node.meta["kernel"] = family
     g.outputs = [node.outputs[0]]
     info = np.iinfo(dtype.numpy)
