@@ -549,7 +549,12 @@ def _padded_sign(node: Node):
 def _absorb_pad(ctx, node, plan: LayerPlan):
     """``(plan, x)`` of a bitconv layer whose input is :func:`_padded_sign`: the spec reads
     the unpadded codes with the Pad's widths and its value's sign as ``pad_code`` (real codes:
-    no border correction), x = the Requantize stage applied to the Pad's input."""
+    no border correction), x = the Requantize stage applied to the Pad's input. Three
+    producers of that stage: the previous conv's kernel (:mod:`.fused_sign`); the conv's own
+    pack, when the stage is per-channel thresholds (:mod:`.thresholds`) of integer codes with
+    the Pad's input shape (x = those codes, the spec's ``in_threshold``, the plan's ``extra``
+    = ``(t, flip)``: bit ``(q >= t[c]) xor flip[c]``; a channel whose sign never changes gets
+    ``t`` = the dtype's minimum); else a Requantize kernel."""
     from . import quantized
 
     found = _padded_sign(node) if plan.layout == "bitconv" else None
